@@ -10,3 +10,12 @@ from absl import flags  # noqa: E402
 
 # Grain's multiprocessing reads absl flags; pytest never parses them.
 flags.FLAGS.mark_as_parsed()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _corpus_cache(tmp_path_factory):
+  """Tiny embedded corpora are built once per test session, never in the user cache."""
+  os.environ["JEPA_JAX_CACHE"] = str(tmp_path_factory.mktemp("jepa_jax_cache"))

@@ -1,0 +1,57 @@
+"""Which data a config trains on: prepared shards (`data.dir`) or the embedded corpus."""
+import dataclasses
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from data_pipelines import default_corpus, frontends, pipeline, shards
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+  shard_dir: Path
+  metadata: dict
+  probe_tasks: dict[str, Path]  # label task name -> task folder (empty for prepared data)
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.metadata["num_examples"])
+
+
+def resolve(config: ml_collections.ConfigDict) -> TrainingData:
+  """Locate (building the embedded corpus once if needed) and check the training data."""
+  if config.data.dir:
+    shard_dir = Path(config.data.dir).expanduser()
+    metadata = shards.read_metadata(shard_dir)
+    tasks = {}
+  else:
+    s = config.data.synthetic
+    corpus = default_corpus.ensure_default_corpus(
+        num_pretrain=s.num_pretrain, num_probe=s.num_probe, seed=s.seed,
+        frontend=config.data.frontend)
+    shard_dir, tasks = corpus.pretrain, corpus.tasks
+    metadata = shards.read_metadata(shard_dir)
+  pipeline.check_frontend(metadata, shard_dir, config.data.frontend)
+  return TrainingData(shard_dir, metadata, tasks)
+
+
+def frontend_metadata(config: ml_collections.ConfigDict, data: TrainingData) -> dict:
+  """What turns audio into encoder input: the front end and the normalisation used in
+  training (exported with the encoder so evaluation feeds it the same inputs)."""
+  frontend = frontends.get_frontend(config.data.frontend)
+  if config.data.normalization == "dataset":
+    stats = {"mean": float(data.metadata["mean"]), "std": float(data.metadata["std"])}
+  else:
+    stats = {"mean": frontend.norm_mean, "std": frontend.norm_std}
+  return {"frontend": frontend.to_dict(), "normalization": stats, "frames": config.data.frames}
+
+
+def train_dataset(config: ml_collections.ConfigDict, data: TrainingData):
+  """This host's rows of every global batch (see data_pipelines.pipeline)."""
+  return pipeline.train_dataset(
+      data.shard_dir, frames=config.data.frames, global_batch_size=config.train.batch_size,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(), normalization=config.data.normalization,
+      gain_jitter_db=config.data.gain_jitter_db, worker_count=config.data.worker_count,
+      expected_frontend=config.data.frontend)

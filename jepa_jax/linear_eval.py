@@ -1,0 +1,152 @@
+"""Linear evaluation of frozen encoders on labelled tasks (the task format of the
+README: a folder of audio plus meta.csv with filename,label[,fold][,split]).
+
+    python -m jepa_jax.linear_eval --workdir=RUN [--task=DIR,DIR...]
+
+With no --task it evaluates on the held-out tasks of the embedded corpus. Reports the
+trained encoder, the same encoder at initialisation, and a mean-log-mel baseline.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines import audio_io, frontends, tasks as tasks_lib
+from jepa_jax import features, probe
+
+
+def load_mels(paths: list[Path], frontend_meta: dict) -> list[np.ndarray]:
+  """Normalised log-mel of each file, as the encoder saw in training."""
+  frontend = frontends.get_frontend(frontend_meta["frontend"]["name"])
+  stats = frontend_meta["normalization"]
+  return [(frontend.logmel(audio_io.load_audio(p, frontend.sample_rate)) - stats["mean"])
+          / stats["std"] for p in paths]
+
+
+def pad_value(frontend_meta: dict) -> float:
+  """Digital silence after normalisation: what short clips are padded with."""
+  frontend = frontends.get_frontend(frontend_meta["frontend"]["name"])
+  stats = frontend_meta["normalization"]
+  return (frontend.floor - stats["mean"]) / stats["std"]
+
+
+def _holdout(idx: np.ndarray, rng: np.random.Generator, fraction: float = 0.1):
+  idx = rng.permutation(idx)
+  k = max(1, int(round(len(idx) * fraction)))
+  return np.sort(idx[k:]), np.sort(idx[:k])
+
+
+def task_splits(task: tasks_lib.Task, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
+  """[(train, valid, test) row indices]: one entry for a split column, one per fold
+  (leave one fold out) for a fold column. 10 % of train is held out when there is no
+  valid split."""
+  rows = task.rows
+  rng = np.random.default_rng(seed)
+  if any(r.split for r in rows):
+    by = {s: np.array([i for i, r in enumerate(rows) if r.split == s], int)
+          for s in ("train", "valid", "test")}
+    if not len(by["train"]) or not len(by["test"]):
+      raise ValueError(f"task {task.dir} needs rows in both the train and test splits")
+    if not len(by["valid"]):
+      by["train"], by["valid"] = _holdout(by["train"], rng)
+    return [(by["train"], by["valid"], by["test"])]
+  folds = sorted({r.fold for r in rows if r.fold is not None})
+  if len(folds) < 2:
+    raise ValueError(f"task {task.dir}: meta.csv needs a split column (train/valid/test) or "
+                     f"a fold column with at least two folds")
+  out = []
+  for fold in folds:
+    test = np.array([i for i, r in enumerate(rows) if r.fold == fold], int)
+    rest = np.array([i for i, r in enumerate(rows) if r.fold != fold], int)
+    out.append((*_holdout(rest, rng), test))
+  return out
+
+
+def probe_task(x: np.ndarray, task: tasks_lib.Task, probe_cfg) -> dict:
+  """Linear probe of features x (one row per task row) on the task's splits."""
+  if task.multilabel:
+    raise ValueError(f"task {task.dir} is multi-label; the linear probe here is single-label")
+  names = {n: i for i, n in enumerate(task.label_names)}
+  y = np.array([names[r.labels[0]] for r in task.rows])
+  runs = [probe.linear_probe(
+      probe.Split(x[tr], y[tr]), probe.Split(x[va], y[va]), probe.Split(x[te], y[te]),
+      len(names), seeds=probe_cfg.seeds, lr=probe_cfg.lr, max_epochs=probe_cfg.max_epochs,
+      patience=probe_cfg.patience, batch_size=probe_cfg.batch_size)
+      for tr, va, te in task_splits(task)]
+  per_seed = np.mean([r["per_seed"] for r in runs], axis=0)  # mean over folds
+  return {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()),
+          "std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0}
+
+
+def _file_key(path: Path) -> tuple[int, int]:
+  st = path.stat()
+  return st.st_dev, st.st_ino
+
+
+def evaluate(encoders: dict, task_dirs: dict[str, Path], frontend_meta: dict, probe_cfg,
+             with_baseline: bool = True) -> dict:
+  """encoders: name -> (encoder module, params). Returns per task, per feature set, the
+  probe result. Audio shared between tasks is loaded and encoded once."""
+  tasks = {name: tasks_lib.read_task(d) for name, d in task_dirs.items()}
+  # One file may appear in several tasks, under other paths (hard links): key by inode.
+  files = {}
+  for t in tasks.values():
+    for r in t.rows:
+      files.setdefault(_file_key(r.path), r.path)
+  where = {key: i for i, key in enumerate(files)}
+  mels = load_mels(list(files.values()), frontend_meta)
+  feature_sets = {name: features.clip_embeddings(enc, params, mels, frontend_meta["frames"],
+                                                 pad_value(frontend_meta), probe_cfg.chunk_batch)
+                  for name, (enc, params) in encoders.items()}
+  if with_baseline:
+    feature_sets["mean_logmel"] = features.mean_logmel(mels)
+  results = {}
+  for task_name, task in tasks.items():
+    rows = np.array([where[_file_key(r.path)] for r in task.rows])
+    results[task_name] = {fs: probe_task(x[rows], task, probe_cfg)
+                          for fs, x in feature_sets.items()}
+  return results
+
+
+def summarise(results: dict) -> dict:
+  """Task means per feature set: `probe_accuracy<_name>` and the seed std of the
+  task-mean accuracy (`..._seed_std`)."""
+  out = {}
+  for fs in next(iter(results.values())):
+    per_seed = np.mean([results[t][fs]["per_seed"] for t in results], axis=0)
+    key = "probe_accuracy" if fs == "trained" else f"probe_accuracy_{fs}"
+    out[key] = float(per_seed.mean())
+    out[key + "_seed_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
+  out["tasks"] = {t: {fs: {"mean": r["mean"], "std": r["std"]} for fs, r in v.items()}
+                  for t, v in results.items()}
+  return out
+
+
+def main(argv=None) -> None:
+  from absl import app, flags
+
+  flags.DEFINE_string("workdir", None, "training workdir holding export/")
+  flags.DEFINE_list("task", [], "task folders (default: the embedded corpus's tasks)")
+  flags.mark_flag_as_required("workdir")
+
+  def run(_):
+    from jepa_jax import datasets, export, train
+    config, encoder, params, frontend_meta = export.load_encoder(
+        Path(flags.FLAGS.workdir) / "export")
+    if flags.FLAGS.task:
+      task_dirs = {Path(t).name: Path(t) for t in flags.FLAGS.task}
+    else:
+      task_dirs = datasets.resolve(config).probe_tasks
+      if not task_dirs:
+        sys.exit("this run trained on prepared data: give --task=DIR (a folder with meta.csv)")
+    initial = train.initial_encoder_params(config)
+    results = evaluate({"trained": (encoder, params), "random_init": (encoder, initial)},
+                       task_dirs, frontend_meta, config.probe)
+    print(json.dumps(summarise(results)))
+
+  app.run(run, argv)
+
+
+if __name__ == "__main__":
+  main()

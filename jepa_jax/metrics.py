@@ -1,0 +1,65 @@
+"""Where training metrics go: a JSONL file keyed by step, TensorBoard event files, and a
+console progress line with steps/s and ETA. Only process 0 writes."""
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+
+class MetricWriter:
+  def __init__(self, workdir: Path, resume_step: int):
+    self.enabled = jax.process_index() == 0
+    self.path = Path(workdir) / "metrics.jsonl"
+    self.tb = None
+    if not self.enabled:
+      return
+    if self.path.exists():  # a resumed run recomputes every step after its checkpoint
+      keep = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)["step"] <= resume_step]
+      self.path.write_text("".join(line + "\n" for line in keep))
+    from tensorboardX import SummaryWriter
+    self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    values = {k: float(v) for k, v in metrics.items()}
+    with self.path.open("a") as f:
+      f.write(json.dumps({"step": step, **values}) + "\n")
+    for k, v in values.items():
+      self.tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+  """'step 120/1000 loss 0.53 | 3.1 steps/s | ETA 4m40s' on stderr."""
+
+  def __init__(self, start_step: int, total_steps: int):
+    self.total = total_steps
+    self.last_step, self.last_time = start_step, time.perf_counter()
+
+  def update(self, step: int, metrics: dict) -> float:
+    now = time.perf_counter()
+    rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    if jax.process_index() == 0:
+      shown = " ".join(f"{k} {float(metrics[k]):.4g}" for k in ("loss", "lr", "tau")
+                       if k in metrics)
+      eta = (self.total - step) / rate if rate > 0 else float("inf")
+      print(f"step {step}/{self.total} {shown} | {rate:.2f} steps/s | ETA {_duration(eta)}",
+            file=sys.stderr, flush=True)
+    return rate

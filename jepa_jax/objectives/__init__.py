@@ -1,0 +1,21 @@
+"""Objectives: small pure modules the train loop runs without knowing which.
+
+Each objective class is built from the config and provides
+  init(rng) -> params (logically boxed, a dict of named modules)
+  loss(params, aux, batch, rng, step) -> (loss, (metrics, new_aux))
+  encoder / encoder_params(params): the encoder to export and evaluate
+  ema_subtree: name of the params entry the optimizer keeps an EMA of, or None.
+`aux` carries non-trained state (BatchNorm statistics, queues) and, under 'ema', the
+EMA target the optimizer holds.
+"""
+import ml_collections
+
+from jepa_jax.objectives import jepa
+
+OBJECTIVES = {"jepa": jepa.JEPA}
+
+
+def build(config: ml_collections.ConfigDict):
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f"unknown objective {config.objective!r}; known: {sorted(OBJECTIVES)}")
+  return OBJECTIVES[config.objective](config)

@@ -1,0 +1,53 @@
+"""Optimizer: global-norm clipping, AdamW with a weight-decay mask, warmup + cosine,
+then (for objectives with a target network) the EMA target transformation."""
+import jax
+import ml_collections
+import optax
+
+from jepa_jax import ema
+
+
+def peak_learning_rate(base_lr: float, batch_size: int) -> float:
+  """Linear scaling rule: lr = base_lr * batch / 256."""
+  return base_lr * batch_size / 256
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, batch_size: int,
+                           total_steps: int, warmup_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to the peak, then cosine to end_lr_ratio * peak."""
+  peak = peak_learning_rate(optim.base_lr, batch_size)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=peak * optim.end_lr_ratio)
+
+
+def _last_name(path) -> str:
+  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+  return str(names[-1]) if names else ""
+
+
+def weight_decay_mask(params):
+  """True only for matrix kernels: biases, norms, positions and mask tokens don't decay.
+
+  Works on plain and on logically boxed parameter trees (it looks at the last dict
+  key on each leaf's path).
+  """
+  return jax.tree_util.tree_map_with_path(lambda path, _: _last_name(path) == "kernel", params)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, ema_config: ml_collections.ConfigDict | None,
+                   batch_size: int, total_steps: int, warmup_steps: int,
+                   ema_subtree: str | None):
+  """Returns (optax chain, {metric name: schedule}) for the train loop to log."""
+  lr = learning_rate_schedule(optim, batch_size, total_steps, warmup_steps)
+  parts = []
+  if optim.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(optim.clip_norm))
+  parts.append(optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                           weight_decay=optim.weight_decay, mask=weight_decay_mask))
+  schedules = {"lr": lr}
+  if ema_subtree is not None:
+    tau = ema.linear_momentum(ema_config.tau_start, ema_config.tau_end, total_steps)
+    parts.append(ema.ema_target(tau, ema_subtree))  # last: it must see the final updates
+    schedules["tau"] = tau
+  return optax.chain(*parts), schedules

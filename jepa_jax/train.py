@@ -1,0 +1,230 @@
+"""The train loop, read top to bottom:
+workdir check -> data -> mesh -> abstract init -> shardings -> jitted step -> resume ->
+loop (metrics, checkpoints, non-finite guard, preemption) -> encoder export.
+
+It runs any objective (see objectives/__init__.py) without knowing which.
+"""
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jepa_jax import checkpoint, config_lib, datasets, ema, export, metrics as metrics_lib
+from jepa_jax import mesh as mesh_lib
+from jepa_jax import objectives, optim
+
+
+class IncompatibleWorkdirError(RuntimeError):
+  """The workdir holds a checkpoint of a config that cannot continue as this one."""
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or inf; the run stopped with its last good checkpoint intact."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  total_steps: int
+  interrupted: bool
+  last_metrics: dict
+  timings: dict  # seconds: data, compile, train
+
+
+def schedule_steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
+  """(total steps, warmup steps) from epochs over the training set."""
+  steps_per_epoch = num_examples / config.train.batch_size
+  total = max(1, round(config.train.epochs * steps_per_epoch))
+  return total, min(round(config.optim.warmup_epochs * steps_per_epoch), total - 1)
+
+
+def rngs(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+  """(init key, step key); the step's key is fold_in(step key, step)."""
+  base = jax.random.key(config.seed)
+  return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)
+
+
+def initial_encoder_params(config: ml_collections.ConfigDict):
+  """The encoder as training starts (a run's random-init baseline)."""
+  objective = objectives.build(config)
+  params = jax.jit(lambda rng: nn.unbox(objective.init(rng)))(rngs(config)[0])
+  return objective.encoder_params(params)
+
+
+def init_state(objective, tx, rng) -> dict:
+  params = objective.init(rng)
+  return {"step": jnp.zeros([], jnp.int32), "params": params,
+          "opt_state": tx.init(params), "aux": objective.init_aux()}
+
+
+def train_step(objective, tx, schedules, step_key, state, batch):
+  step = state["step"]
+  rng = jax.random.fold_in(step_key, step)
+  aux = {"ema": ema.find_target(state["opt_state"]), **state["aux"]}
+  grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+  (loss, (metrics, new_aux)), grads = grad_fn(state["params"], aux, batch, rng, step)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+             **{name: schedule(step) for name, schedule in schedules.items()}}
+  return {"step": step + 1, "params": params, "opt_state": opt_state, "aux": new_aux}, metrics
+
+
+def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """Refuse to resume a checkpoint written under an incompatible config."""
+  saved_path = workdir / "config.json"
+  has_checkpoint = (workdir / "checkpoints").is_dir() and any(
+      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+  if not has_checkpoint:
+    return
+  if not saved_path.exists():
+    raise IncompatibleWorkdirError(
+        f"{workdir} holds checkpoints but no config.json: it was not written by jepa_jax "
+        f"or is damaged; use a new --workdir")
+  differences = config_lib.resume_differences(json.loads(saved_path.read_text()),
+                                              config_lib.to_dict(config))
+  if differences:
+    raise IncompatibleWorkdirError(
+        f"{workdir} holds a checkpoint of a different config, so this run cannot resume it:\n  "
+        + "\n  ".join(differences)
+        + "\nUse a new --workdir, or the config the workdir was started with. Nothing was changed.")
+
+
+class _StopRequest:
+  """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to checkpoint and stop."""
+
+  def __init__(self):
+    self.requested = False
+
+  @contextlib.contextmanager
+  def installed(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield self
+      return
+    def handler(signum, frame):
+      del frame
+      self.requested = True
+      print(f"signal {signum}: saving a checkpoint and stopping after this step",
+            flush=True)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      yield self
+    finally:
+      for s, h in previous.items():
+        signal.signal(s, h)
+
+
+def _ensure_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> None:
+  """Stop before a NaN/inf loss or gradient can reach a checkpoint."""
+  loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+  if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+    ckpt.wait()
+    good = ckpt.latest_step()
+    kept = (f"the last good checkpoint (step {good}) in {ckpt.directory} is intact"
+            if good is not None else "no checkpoint had been written yet")
+    raise NonFiniteLossError(
+        f"loss became {loss} (gradient norm {grad_norm}) at step {step}; training stopped and nothing after it was "
+        f"saved: {kept}. Lower optim.base_lr or raise the warmup, then rerun to resume.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
+  workdir = Path(workdir).absolute()
+  config_lib.validate(config)
+  check_workdir(workdir, config)
+  timings = {}
+
+  t = time.perf_counter()
+  data = datasets.resolve(config)
+  dataset = datasets.train_dataset(config, data)
+  timings["data"] = time.perf_counter() - t
+  total_steps, warmup_steps = schedule_steps(config, data.num_examples)
+
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.rules(config)
+  if config.train.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    raise ValueError(f"train.batch_size {config.train.batch_size} must divide over the "
+                     f"{mesh.shape['data'] * mesh.shape['fsdp']} data x fsdp devices")
+  objective = objectives.build(config)
+  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
+                                       total_steps, warmup_steps, objective.ema_subtree)
+  init_rng, step_key = rngs(config)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(functools.partial(init_state, objective, tx), init_rng)
+    shardings = mesh_lib.state_shardings(boxed, mesh, rules)
+    abstract_state = checkpoint.abstract_with_shardings(mesh_lib.strip_boxes(boxed), shardings)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    abstract_batch = {
+        "mel": jax.ShapeDtypeStruct((config.train.batch_size, data.metadata["frontend"]["n_mels"],
+                                     config.data.frames), jnp.float32, sharding=batch_sharding),
+        "id": jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32,
+                                   sharding=batch_sharding)}
+    t = time.perf_counter()
+    step_fn = jax.jit(functools.partial(train_step, objective, tx, schedules, step_key),
+                      in_shardings=(shardings, batch_sharding),
+                      out_shardings=(shardings, mesh_lib.replicated(mesh)),
+                      donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
+    timings["compile"] = time.perf_counter() - t
+
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    iterator = iter(dataset)
+    latest = ckpt.latest_step()
+    if latest is not None:
+      state = ckpt.restore(latest, abstract_state, iterator)
+      print(f"resumed from the checkpoint at step {latest} in {workdir}", flush=True)
+    else:
+      init_fn = jax.jit(lambda rng: nn.unbox(init_state(objective, tx, rng)),
+                        out_shardings=shardings)
+      state = init_fn(init_rng)
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / "config.json").write_text(config.to_json(indent=2))
+
+  start = int(state["step"])
+  writer = metrics_lib.MetricWriter(workdir, start)
+  progress = metrics_lib.Progress(start, total_steps)
+  last_metrics: dict = {}
+  stop = _StopRequest()
+  t = time.perf_counter()
+  with stop.installed():
+    pending = None  # (step, metrics) of the previous step, checked one step late so the
+    step = start    # host never waits for the device except at logs and saves
+    for step in range(start + 1, total_steps + 1):
+      local = next(iterator)
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+               for k, v in local.items()}
+      state, metrics = step_fn(state, batch)
+      if pending is not None:
+        _ensure_finite(*pending, ckpt)
+      pending = (step, metrics)
+      if step % config.train.log_every == 0 or step == total_steps:
+        last_metrics = jax.device_get(metrics)
+        _ensure_finite(step, last_metrics, ckpt)
+        rate = progress.update(step, last_metrics)
+        writer.write(step, {**last_metrics, "steps_per_sec": rate})
+      if step % config.train.checkpoint_every == 0 or step == total_steps or stop.requested:
+        _ensure_finite(step, metrics, ckpt)
+        ckpt.save(step, state, iterator)
+      if stop.requested:
+        break
+  ckpt.wait()
+  timings["train"] = time.perf_counter() - t
+  writer.close()
+  finished = int(state["step"])
+  if finished == total_steps:
+    export.export_encoder(workdir / "export", config, objective.encoder_params(state["params"]),
+                          datasets.frontend_metadata(config, data))
+  ckpt.close()
+  return TrainResult(finished, total_steps, finished < total_steps,
+                     {k: float(v) for k, v in last_metrics.items()}, timings)

@@ -1,0 +1,94 @@
+"""Configs, variants and the command line: bad input is refused before anything
+compiles, with a message that names the problem."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jepa_jax import config_lib, main
+from tests.tiny import ROOT, load_config_module
+
+audio_jepa = load_config_module()
+
+
+def test_paper_recipe_values():
+  c = audio_jepa.get_config()
+  assert (c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim) == (768, 12, 12, 3072)
+  assert (c.predictor.width, c.predictor.depth, c.predictor.num_heads) == (512, 8, 16)
+  assert (c.data.frames, c.mask.target_ratio, c.train.batch_size) == (208, 0.6, 2048)
+  assert (c.ema.tau_start, c.ema.tau_end) == (0.99995, 0.99999)
+  assert (c.train.epochs, c.optim.warmup_epochs, c.optim.clip_norm) == (300, 20, 3.0)
+  config_lib.validate(c)
+
+
+def test_duration_and_demo_variants():
+  assert audio_jepa.get_config("d=3.2").data.frames == 320
+  assert audio_jepa.get_config("d=6.4").data.frames == 640
+  demo = audio_jepa.get_config("demo,d=3.2")
+  assert demo.data.frames == 320 and demo.model.width < 768
+  assert (demo.ema.tau_start, demo.ema.tau_end) == (0.996, 1.0)
+  with pytest.raises(config_lib.ConfigError, match="unknown config variant 'deom'"):
+    audio_jepa.get_config("deom")
+  with pytest.raises(config_lib.ConfigError, match="d='long' is not a float"):
+    audio_jepa.get_config("d=long")
+
+
+def test_validate_lists_every_bad_field():
+  c = audio_jepa.get_config("demo")
+  c.mask.target_ratio = 1.5
+  c.model.num_heads = 5
+  c.optim.base_lr = -1.0
+  c.jepa.target_domain = "pixels"
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(c)
+  message = str(err.value)
+  for fragment in ("target_ratio 1.5", "divisible by model.num_heads 5", "base_lr must be > 0",
+                   "target_domain must be 'audio' or 'latent'"):
+    assert fragment in message
+
+
+def test_resume_differences_ignore_logging_but_not_model():
+  a = config_lib.to_dict(audio_jepa.get_config("demo"))
+  b = audio_jepa.get_config("demo")
+  b.train.log_every = 7
+  b.mesh.data = 2
+  assert config_lib.resume_differences(a, config_lib.to_dict(b)) == []
+  b.predictor.depth = 9
+  assert config_lib.resume_differences(a, config_lib.to_dict(b)) == [
+      "predictor.depth: 3 in the workdir, 9 now"]
+
+
+def test_dry_run_counts_vit_b_encoder():
+  counts = main.parameter_counts(audio_jepa.get_config())
+  assert counts["encoder"] == 85_253_376  # 86 M within 2 %
+  assert 20e6 < counts["predictor"] < 30e6
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "jepa_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_dry_run_prints_one_json_line():
+  out = _run("--config=configs/audio_jepa.py", "--dry_run")
+  assert out.returncode == 0, out.stderr
+  assert json.loads(out.stdout.strip().splitlines()[-1])["params"]["encoder"] == 85_253_376
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--config=configs/missing.py", "--dry_run"], "missing.py"),
+    (["--config=configs/audio_jepa.py:nope", "--dry_run"], "unknown config variant 'nope'"),
+    (["--config=configs/audio_jepa.py", "--config.train.nonexistent=1", "--dry_run"],
+     "nonexistent"),
+    (["--config=configs/audio_jepa.py", "--config.train.batch_size=abc", "--dry_run"],
+     "batch_size"),
+    (["--config=configs/audio_jepa.py", "--config.mask.target_ratio=0", "--dry_run"],
+     "at least one target"),
+    (["--config=configs/audio_jepa.py:demo"], "--workdir is required"),
+])
+def test_cli_bad_input_is_a_clear_error(args, fragment):
+  out = _run(*args)
+  assert out.returncode != 0
+  assert fragment in out.stderr
+  assert "Traceback" not in out.stderr

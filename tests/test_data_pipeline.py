@@ -1,0 +1,179 @@
+"""The Grain training pipeline: determinism, crops, padding, gain, resuming, many hosts."""
+import dataclasses
+import itertools
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from data_pipelines.frontends import AUDIO_JEPA
+from data_pipelines.pipeline import apply_gain_db, train_dataset
+from data_pipelines.shards import ShardSource, write_shards
+
+FRAMES = 32
+NUM_EXAMPLES = 12
+SHORT_IDS = (3, 8)  # clips shorter than FRAMES
+
+
+def _mel(rng, frames):
+  return rng.uniform(-14.0, 6.0, (80, frames)).astype(np.float16)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  examples = [(i, _mel(rng, 20 if i in SHORT_IDS else int(rng.integers(40, 90))), {})
+              for i in range(NUM_EXAMPLES)]
+  out = tmp_path_factory.mktemp("pipeline") / "shards"
+  write_shards(out, examples, AUDIO_JEPA, source="test", label_maps={}, max_shard_bytes=50_000)
+  return out
+
+
+@pytest.fixture(scope="module")
+def stored(shard_dir):
+  source = ShardSource(shard_dir)
+  return {r["id"]: r["mel"].astype(np.float32) for r in (source[i] for i in range(len(source)))}
+
+
+def _batches(shard_dir, count, **kwargs):
+  kwargs = {"frames": FRAMES, "global_batch_size": 4, "seed": 0, **kwargs}
+  return list(itertools.islice(iter(train_dataset(shard_dir, **kwargs)), count))
+
+
+def _unnormalize(shard_dir, mel):
+  metadata = ShardSource(shard_dir).metadata
+  return mel * metadata["std"] + metadata["mean"]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["mel"], y["mel"])
+    np.testing.assert_array_equal(x["id"], y["id"])
+
+
+def test_batch_format(shard_dir):
+  (batch,) = _batches(shard_dir, 1)
+  assert batch["mel"].shape == (4, 80, FRAMES) and batch["mel"].dtype == np.float32
+  assert batch["id"].shape == (4,) and batch["id"].dtype == np.int32
+
+
+def test_same_seed_same_batches_other_seed_other_batches(shard_dir):
+  _assert_same(_batches(shard_dir, 4), _batches(shard_dir, 4))
+  other = _batches(shard_dir, 4, seed=1)
+  assert any(not np.array_equal(a["mel"], b["mel"])
+             for a, b in zip(_batches(shard_dir, 4), other))
+
+
+def test_epochs_are_reshuffled_permutations(shard_dir):
+  ids = np.concatenate([b["id"] for b in _batches(shard_dir, 9)])  # 3 epochs of 12
+  epochs = ids.reshape(3, NUM_EXAMPLES)
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(NUM_EXAMPLES))
+  assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+
+
+@pytest.mark.parametrize("normalization", ["dataset", "recipe"])
+def test_crops_come_from_the_clip_and_short_clips_are_padded_with_the_floor(
+        shard_dir, stored, normalization):
+  starts = set()
+  for batch in _batches(shard_dir, 6, normalization=normalization):
+    for mel, example_id in zip(batch["mel"], batch["id"]):
+      if normalization == "dataset":
+        mel = _unnormalize(shard_dir, mel)
+      else:
+        mel = mel * AUDIO_JEPA.norm_std + AUDIO_JEPA.norm_mean
+      clip = stored[int(example_id)]
+      if example_id in SHORT_IDS:
+        np.testing.assert_allclose(mel[:, :20], clip, atol=1e-4)
+        np.testing.assert_allclose(mel[:, 20:], AUDIO_JEPA.floor, atol=1e-4)
+        continue
+      errors = [np.abs(mel - clip[:, s:s + FRAMES]).max()
+                for s in range(clip.shape[1] - FRAMES + 1)]
+      assert min(errors) < 1e-4
+      starts.add(int(np.argmin(errors)))
+  assert len(starts) > 5  # offsets vary
+
+
+def test_gain_in_the_log_domain_is_exactly_a_gain_on_the_waveform():
+  rng = np.random.default_rng(0)
+  wave = (0.1 * rng.standard_normal(8000)).astype(np.float64)
+  wave[2000:3000] = 0.0  # digital silence stays silence
+  for gain_db in (-6.0, 4.5):
+    np.testing.assert_allclose(
+        apply_gain_db(AUDIO_JEPA.logmel(wave), gain_db, AUDIO_JEPA.log_eps),
+        AUDIO_JEPA.logmel(wave * 10 ** (gain_db / 20)), atol=1e-4)
+
+
+def test_pipeline_gain_jitter(shard_dir):
+  # Same seed: same crops (drawn before the gain), so the jittered batch is the plain
+  # one with one gain per example.
+  gains = []
+  for plain, jittered in zip(_batches(shard_dir, 3), _batches(shard_dir, 3, gain_jitter_db=6)):
+    for x, y in zip(_unnormalize(shard_dir, plain["mel"]),
+                    _unnormalize(shard_dir, jittered["mel"])):
+      top = np.unravel_index(np.argmax(x), x.shape)
+      eps = AUDIO_JEPA.log_eps
+      gain_db = 10 * np.log10((np.exp(y[top]) - eps) / (np.exp(x[top]) - eps))
+      np.testing.assert_allclose(y, apply_gain_db(x, gain_db, eps), atol=1e-3)
+      gains.append(gain_db)
+  assert max(np.abs(gains)) <= 6.0 + 1e-3 and np.std(gains) > 1.0
+
+
+def test_restored_iterator_continues_exactly(shard_dir, tmp_path):
+  ds = train_dataset(shard_dir, frames=FRAMES, global_batch_size=4, seed=3, gain_jitter_db=3)
+  it = iter(ds)
+  for _ in range(5):  # into the second epoch
+    next(it)
+  state = it.get_state()
+  manager = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",))
+  manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  expected = [next(it) for _ in range(4)]
+
+  fresh = iter(ds)
+  fresh.set_state(state)
+  _assert_same([next(fresh) for _ in range(4)], expected)
+
+  restored = manager.restore(5, args=ocp.args.Composite(
+      data=grain.checkpoint.CheckpointRestore(iter(ds))))["data"]
+  _assert_same([next(restored) for _ in range(4)], expected)
+  manager.close()
+
+
+def test_two_hosts_split_each_global_batch(shard_dir):
+  kwargs = {"global_batch_size": 6, "gain_jitter_db": 3}
+  single = _batches(shard_dir, 4, **kwargs)
+  hosts = [_batches(shard_dir, 4, process_index=p, process_count=2, **kwargs) for p in (0, 1)]
+  for whole, first, second in zip(single, *hosts):
+    assert first["mel"].shape[0] == second["mel"].shape[0] == 3
+    assert not set(first["id"]) & set(second["id"])  # 6 of 12: within one epoch
+    np.testing.assert_array_equal(np.concatenate([first["id"], second["id"]]), whole["id"])
+    np.testing.assert_array_equal(np.concatenate([first["mel"], second["mel"]]),
+                                  whole["mel"])
+
+
+def test_frontend_mismatch_is_refused(shard_dir, tmp_path):
+  with pytest.raises(ValueError, match="holds 'audio_jepa' features but the 'dasheng'"):
+    train_dataset(shard_dir, frames=FRAMES, global_batch_size=4, seed=0,
+                  expected_frontend="dasheng")
+  stale = dataclasses.replace(AUDIO_JEPA, fmin=0.0)
+  write_shards(tmp_path / "stale", [(0, np.zeros((80, 40), np.float32), {})], stale,
+               source="t", label_maps={})
+  with pytest.raises(ValueError, match="differ from the current recipe in fmin"):
+    train_dataset(tmp_path / "stale", frames=FRAMES, global_batch_size=4, seed=0,
+                  expected_frontend="audio_jepa")
+  train_dataset(shard_dir, frames=FRAMES, global_batch_size=4, seed=0,
+                expected_frontend="audio_jepa")
+
+
+def test_bad_arguments(shard_dir):
+  with pytest.raises(ValueError, match="multiple of process_count 4"):
+    train_dataset(shard_dir, frames=FRAMES, global_batch_size=6, seed=0, process_count=4)
+  with pytest.raises(ValueError, match="process_index 2"):
+    train_dataset(shard_dir, frames=FRAMES, global_batch_size=4, seed=0, process_index=2,
+                  process_count=2)
+  with pytest.raises(ValueError, match="unknown normalization 'batch'"):
+    train_dataset(shard_dir, frames=FRAMES, global_batch_size=4, seed=0,
+                  normalization="batch")

@@ -1,0 +1,84 @@
+"""Mel shards: round trip, metadata statistics, atomic writes, clear errors."""
+import json
+
+import grain
+import numpy as np
+import pytest
+
+from data_pipelines.frontends import AUDIO_JEPA
+from data_pipelines.shards import ShardSource, read_metadata, write_shards
+
+LABEL_MAPS = {"colour": ["red", "green", "blue"]}
+
+
+def _examples(count=12, seed=0):
+  rng = np.random.default_rng(seed)
+  return [(100 + i, rng.uniform(-16, 6, (80, int(rng.integers(20, 90)))).astype(np.float32),
+           {"colour": int(rng.integers(3))}) for i in range(count)]
+
+
+def test_round_trip_and_metadata(tmp_path):
+  examples = _examples()
+  metadata = write_shards(tmp_path / "out", iter(examples), AUDIO_JEPA, source="test",
+                          label_maps=LABEL_MAPS, max_shard_bytes=40_000)
+  assert metadata == read_metadata(tmp_path / "out")
+  assert len(metadata["shards"]) > 2  # ~10 kB records, 40 kB shards
+  assert metadata["shards"][0] == f"shard-00000-of-{len(metadata['shards']):05d}.array_record"
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+      metadata["shards"] + ["metadata.json"])
+  assert metadata["num_examples"] == 12 and metadata["source"] == "test"
+  assert metadata["frontend"] == AUDIO_JEPA.to_dict() and metadata["label_maps"] == LABEL_MAPS
+  assert metadata["total_seconds"] == pytest.approx(
+      sum((mel.shape[1] - 1) * 160 / 16000 for _, mel, _ in examples))
+  stored = np.concatenate([mel.astype(np.float16).ravel() for _, mel, _ in examples])
+  assert metadata["mean"] == pytest.approx(stored.astype(np.float64).mean(), rel=1e-12)
+  assert metadata["std"] == pytest.approx(stored.astype(np.float64).std(), rel=1e-9)
+
+  source = ShardSource(tmp_path / "out")
+  assert len(source) == 12
+  for i, (example_id, mel, labels) in enumerate(examples):
+    record = source[i]
+    assert record["id"] == example_id and record["labels"] == labels
+    assert record["mel"].dtype == np.float16 and record["mel"].shape == mel.shape
+    np.testing.assert_array_equal(record["mel"], mel.astype(np.float16))
+    np.testing.assert_allclose(record["mel"], mel, atol=2e-2)  # float16 precision
+  assert [r["id"] for r in grain.MapDataset.source(source)] == [e[0] for e in examples]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+  def failing():
+    yield from _examples(3)
+    raise RuntimeError("decoder crashed")
+
+  with pytest.raises(RuntimeError, match="decoder crashed"):
+    write_shards(tmp_path / "out", failing(), AUDIO_JEPA, source="t", label_maps=LABEL_MAPS)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_existing_output_and_bad_examples(tmp_path):
+  (tmp_path / "out").mkdir()
+  with pytest.raises(FileExistsError, match="out already exists"):
+    write_shards(tmp_path / "out", _examples(), AUDIO_JEPA, source="t", label_maps=LABEL_MAPS)
+  bad_shape = [(7, np.zeros((64, 10), np.float32), {})]
+  with pytest.raises(ValueError, match=r"example 7: mel must have shape \(80, frames\)"):
+    write_shards(tmp_path / "a", bad_shape, AUDIO_JEPA, source="t", label_maps=LABEL_MAPS)
+  bad_label = [(8, np.zeros((80, 10), np.float32), {"colour": 3})]
+  with pytest.raises(ValueError, match="example 8: label colour=3"):
+    write_shards(tmp_path / "b", bad_label, AUDIO_JEPA, source="t", label_maps=LABEL_MAPS)
+  twice = _examples(2) + _examples(1)
+  with pytest.raises(ValueError, match="id 100 appears twice"):
+    write_shards(tmp_path / "c", twice, AUDIO_JEPA, source="t", label_maps=LABEL_MAPS)
+  with pytest.raises(ValueError, match="no examples"):
+    write_shards(tmp_path / "d", [], AUDIO_JEPA, source="t", label_maps=LABEL_MAPS)
+  assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_metadata_errors_name_the_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a mel shard directory"):
+    read_metadata(tmp_path)
+  (tmp_path / "metadata.json").write_text("{not json")
+  with pytest.raises(ValueError, match="metadata.json is corrupt"):
+    read_metadata(tmp_path)
+  (tmp_path / "metadata.json").write_text(json.dumps({"version": 1}))
+  with pytest.raises(ValueError, match="lacks frontend"):
+    ShardSource(tmp_path)

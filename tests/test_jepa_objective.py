@@ -1,0 +1,70 @@
+"""The Audio-JEPA loss equals its definition computed by hand from the modules."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jepa_jax import losses, masks, objectives, patches
+from tests.tiny import tiny_config
+
+
+def _setup(**jepa):
+  config = tiny_config()
+  config.jepa.update(**jepa)
+  objective = objectives.build(config)
+  params = nn.unbox(objective.init(jax.random.key(0)))
+  target = nn.unbox(objective.init(jax.random.key(1)))["encoder"]
+  mel = jnp.asarray(np.random.default_rng(0).normal(size=(4, 80, 64)), jnp.float32)
+  return config, objective, params, target, {"mel": mel}
+
+
+@pytest.mark.parametrize("domain", ["audio", "latent"])
+def test_loss_matches_manual_computation(domain):
+  config, obj, params, target_params, batch = _setup(target_domain=domain, distance="l2",
+                                                     standardize_targets=False)
+  rng = jax.random.key(7)
+  loss, (metrics, aux) = jax.jit(obj.loss)(params, {"ema": target_params}, batch, rng, 0)
+  assert aux == {}
+
+  @jax.jit
+  def manual(params, target_params, mel):
+    tokens = patches.patchify(mel, 16)
+    m = masks.unstructured(rng, 4, (5, 4), target_ratio=config.mask.target_ratio)
+    take = lambda x, i: jnp.take_along_axis(x, i[..., None], 1)  # noqa: E731
+    ctx = obj.encoder.apply({"params": params["encoder"]}, take(tokens, m.context_idx),
+                            m.context_idx)
+    pred = obj.predictor.apply({"params": params["predictor"]}, ctx, m.context_idx,
+                               m.context_valid, m.target_idx, m.target_valid)
+    if domain == "audio":
+      tgt = obj.encoder.apply({"params": target_params}, take(tokens, m.target_idx),
+                              m.target_idx)
+    else:
+      tgt = take(obj.encoder.apply({"params": target_params}, tokens), m.target_idx)
+    return pred, tgt
+
+  pred, tgt = manual(params, target_params, batch["mel"])
+  expected = np.mean((np.asarray(pred) - np.asarray(tgt)) ** 2)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  assert metrics["loss"] == loss
+
+
+def test_audio_and_latent_domains_differ():
+  _, obj_a, params, target, batch = _setup(target_domain="audio")
+  _, obj_l, _, _, _ = _setup(target_domain="latent")
+  rng = jax.random.key(3)
+  la = jax.jit(obj_a.loss)(params, {"ema": target}, batch, rng, 0)[0]
+  ll = jax.jit(obj_l.loss)(params, {"ema": target}, batch, rng, 0)[0]
+  assert not np.isclose(la, ll)
+
+
+def test_default_loss_is_smooth_l1_on_standardised_targets_and_targets_get_no_gradient():
+  config, obj, params, target, batch = _setup()
+  assert (config.jepa.distance, config.jepa.standardize_targets) == ("smooth_l1", True)
+  rng = jax.random.key(5)
+  assert obj.distance.func is losses.smooth_l1 and obj.distance.keywords == {"beta": 1.0}
+  grad = jax.jit(jax.grad(lambda p, t: obj.loss(p, {"ema": t}, batch, rng, 0)[0], (0, 1)))
+  g_params, g_target = grad(params, target)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(g_target))
+  assert float(jnp.abs(g_params["predictor"]["mask_token"]).max()) > 0
+  assert float(jnp.abs(g_params["encoder"]["patch_embed"]["kernel"]).max()) > 0

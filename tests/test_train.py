@@ -1,0 +1,117 @@
+"""The train loop: resume equals an uninterrupted run, bad workdirs and non-finite
+losses stop it with nothing good lost."""
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from jepa_jax import checkpoint, export, linear_eval, train
+from jepa_jax.objectives import jepa
+from tests.tiny import tiny_config
+
+
+class BatchSpy:
+  """Records every training batch; optionally sends SIGTERM after the n-th."""
+
+  def __init__(self, monkeypatch, stop_after=None):
+    self.batches, self.stop_after = [], stop_after
+    real = jax.make_array_from_process_local_data
+
+    def spy(sharding, local, *args, **kwargs):
+      if np.ndim(local) == 3:  # the mel batch (ids are 1-D)
+        self.batches.append(np.array(local))
+        if self.stop_after is not None and len(self.batches) == self.stop_after:
+          os.kill(os.getpid(), signal.SIGTERM)
+      return real(sharding, local, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "make_array_from_process_local_data", spy)
+
+
+def _params(workdir):
+  config, _, params, _ = export.load_encoder(workdir / "export")
+  return jax.tree.map(np.asarray, params)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """One uninterrupted tiny run (6 steps), with the batches it saw."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  mp = pytest.MonkeyPatch()
+  spy = BatchSpy(mp)
+  result = train.train(tiny_config(checkpoint_every=100), workdir)
+  mp.undo()
+  return workdir, result, spy.batches
+
+
+def test_run_finishes_logs_and_exports(finished_run):
+  workdir, result, batches = finished_run
+  assert (result.step, result.total_steps, result.interrupted) == (6, 6, False)
+  assert len(batches) == 6 and batches[0].shape == (8, 80, 64)
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [x["step"] for x in lines] == [2, 4, 6]
+  for key in ("loss", "lr", "tau", "grad_norm", "steps_per_sec", "target_feature_std",
+              "target_effective_rank"):
+    assert np.isfinite(lines[-1][key])
+  assert list((workdir / "tensorboard").iterdir())
+  assert (workdir / "export" / "frontend.json").exists()
+
+
+def test_interrupted_and_resumed_run_is_bitwise_identical(finished_run, tmp_path, monkeypatch):
+  reference_dir, _, reference_batches = finished_run
+  spy = BatchSpy(monkeypatch, stop_after=4)
+  first = train.train(tiny_config(checkpoint_every=100), tmp_path)
+  assert first.interrupted and first.step == 4
+  assert checkpoint.Checkpointer(tmp_path / "checkpoints", 2).latest_step() == 4
+  assert not (tmp_path / "export").exists()
+  spy.stop_after = None
+  second = train.train(tiny_config(checkpoint_every=100), tmp_path)
+  assert not second.interrupted and second.step == 6
+  assert len(spy.batches) == 6
+  for a, b in zip(spy.batches, reference_batches):
+    np.testing.assert_array_equal(a, b)
+  jax.tree.map(np.testing.assert_array_equal, _params(tmp_path), _params(reference_dir))
+  steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [2, 4, 6]
+
+
+def test_incompatible_workdir_is_refused_and_left_untouched(finished_run):
+  workdir, _, _ = finished_run
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+  config = tiny_config(checkpoint_every=100)
+  config.model.width = 64
+  with pytest.raises(train.IncompatibleWorkdirError, match="model.width: 32 in the workdir, 64"):
+    train.train(config, workdir)
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  real_loss = jepa.JEPA.loss
+
+  def exploding(self, params, aux, batch, rng, step):
+    loss, rest = real_loss(self, params, aux, batch, rng, step)
+    return jax.numpy.where(step >= 4, jax.numpy.nan, loss), rest
+
+  monkeypatch.setattr(jepa.JEPA, "loss", exploding)
+  with pytest.raises(train.NonFiniteLossError, match=r"step 5.*checkpoint \(step 3\)"):
+    train.train(tiny_config(checkpoint_every=3), tmp_path)
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", 2)
+  assert ckpt.all_steps() == [3]
+  assert not (tmp_path / "export").exists()
+
+
+def test_probe_summary_of_a_finished_run(finished_run):
+  workdir, _, _ = finished_run
+  config, encoder, params, frontend_meta = export.load_encoder(workdir / "export")
+  from jepa_jax import datasets
+  tasks = datasets.resolve(config).probe_tasks
+  assert set(tasks) == {"pitch", "source", "envelope"}
+  results = linear_eval.evaluate(
+      {"trained": (encoder, params), "random_init": (encoder, train.initial_encoder_params(config))},
+      tasks, frontend_meta, config.probe)
+  summary = linear_eval.summarise(results)
+  for key in ("probe_accuracy", "probe_accuracy_random_init", "probe_accuracy_mean_logmel"):
+    assert 0.0 <= summary[key] <= 1.0 and key + "_seed_std" in summary
+  assert set(summary["tasks"]["pitch"]) == {"trained", "random_init", "mean_logmel"}

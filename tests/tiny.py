@@ -1,0 +1,25 @@
+"""A tiny Audio-JEPA config for fast tests (the demo recipe, shrunk)."""
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_config_module(name: str = "audio_jepa"):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(**train):
+  c = load_config_module().get_config("demo")
+  c.data.frames = 64                      # 5 x 4 patches
+  c.data.synthetic.update(num_pretrain=48, num_probe=36)
+  c.model.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  c.predictor.update(width=16, depth=1, num_heads=2, mlp_dim=32)
+  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2)
+  c.optim.warmup_epochs = 0.25
+  c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
+  c.train.update(**train)
+  return c
