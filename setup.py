@@ -28,7 +28,7 @@ setup(
     packages=find_packages(include=["jepa_jax", "jepa_jax.*", "data_pipelines", "data_pipelines.*"]),
     install_requires=CORE,
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.4"],
+        "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8"],
         "dev": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8", "ruff"],
         "notebooks": ["matplotlib>=3.8", "jupyter"],
         "torch": ["torch==2.13.0"],

@@ -113,6 +113,9 @@ def run(argv) -> None:
 
 
 def main() -> None:
+  # Library INFO logs (orbax writes several per checkpoint) drown the progress line;
+  # --verbosity=0 brings them back.
+  FLAGS.set_default("verbosity", -1)
   app.run(run, flags_parser=parse_flags)
 
 

@@ -50,7 +50,8 @@ def _xent(p, x, y):
 @functools.partial(jax.jit, static_argnames=("num_classes", "lr", "max_epochs", "patience",
                                              "batch_size"))
 def _fit(keys, x_tr, y_tr, x_va, y_va, *, num_classes, lr, max_epochs, patience, batch_size):
-  """Best-validation parameters for each key (vmapped over keys)."""
+  """Best-validation parameters for each key (vmapped over keys), and each epoch's
+  validation accuracy (held constant once early stopping has frozen the weights)."""
   n, d = x_tr.shape
   steps = -(-n // batch_size)
   tx = optax.adam(lr)
@@ -82,12 +83,12 @@ def _fit(keys, x_tr, y_tr, x_va, y_va, *, num_classes, lr, max_epochs, patience,
       best_acc = jnp.where(improved, acc, best_acc)
       best_loss = jnp.where(improved, loss, best_loss)
       bad = jnp.where(improved, 0, bad + 1)
-      return (params, opt_state, best, best_acc, best_loss, bad), None
+      return (params, opt_state, best, best_acc, best_loss, bad), acc
 
     carry = (params, tx.init(params), params, jnp.array(-1.0), jnp.array(jnp.inf),
              jnp.array(0))
-    carry, _ = jax.lax.scan(epoch, carry, jax.random.split(order_key, max_epochs))
-    return carry[2]
+    carry, history = jax.lax.scan(epoch, carry, jax.random.split(order_key, max_epochs))
+    return carry[2], history
 
   return jax.vmap(one_seed)(keys)
 
@@ -96,7 +97,7 @@ def linear_probe(train: Split, valid: Split, test: Split, num_classes: int, *, s
                  lr: float, max_epochs: int, patience: int, batch_size: int) -> dict:
   """Test accuracy per seed, its mean and sample std."""
   x_tr, x_va, x_te = standardize(train.x, valid.x, test.x)
-  best = _fit(jax.random.split(jax.random.key(0), seeds),
+  best, _ = _fit(jax.random.split(jax.random.key(0), seeds),
               jnp.asarray(x_tr), jnp.asarray(train.y), jnp.asarray(x_va), jnp.asarray(valid.y),
               num_classes=num_classes, lr=lr, max_epochs=max_epochs, patience=patience,
               batch_size=min(batch_size, len(train.y)))
