@@ -8,6 +8,10 @@ import ml_collections
 from data_pipelines import default_corpus, frontends, pipeline, shards
 
 
+class DataError(RuntimeError):
+  """The configured training data cannot be used (missing, damaged, wrong front end)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingData:
   shard_dir: Path
@@ -21,6 +25,13 @@ class TrainingData:
 
 def resolve(config: ml_collections.ConfigDict) -> TrainingData:
   """Locate (building the embedded corpus once if needed) and check the training data."""
+  try:
+    return _resolve(config)
+  except (ValueError, FileNotFoundError, RuntimeError) as err:
+    raise DataError(str(err)) from err
+
+
+def _resolve(config: ml_collections.ConfigDict) -> TrainingData:
   if config.data.dir:
     shard_dir = Path(config.data.dir).expanduser()
     metadata = shards.read_metadata(shard_dir)

@@ -123,6 +123,23 @@ def summarise(results: dict) -> dict:
   return out
 
 
+def evaluate_workdir(workdir: str | Path, task_dirs: dict[str, Path] | None = None) -> dict:
+  """Probe a workdir's exported encoder, the same encoder at initialisation and the
+  mean-log-mel baseline on `task_dirs` (default: the embedded corpus's held-out tasks).
+  Returns `summarise` of the results."""
+  from jepa_jax import datasets, export, train  # train builds the initial encoder
+  config, encoder, params, frontend_meta = export.load_encoder(Path(workdir) / "export")
+  if task_dirs is None:
+    task_dirs = datasets.resolve(config).probe_tasks
+    if not task_dirs:
+      raise ValueError("the run trained on prepared data, which has no probe tasks: give task "
+                       "folders (a folder of audio with meta.csv each)")
+  results = evaluate({"trained": (encoder, params),
+                      "random_init": (encoder, train.initial_encoder_params(config))},
+                     task_dirs, frontend_meta, config.probe)
+  return summarise(results)
+
+
 def main(argv=None) -> None:
   from absl import app, flags
 
@@ -131,19 +148,12 @@ def main(argv=None) -> None:
   flags.mark_flag_as_required("workdir")
 
   def run(_):
-    from jepa_jax import datasets, export, train
-    config, encoder, params, frontend_meta = export.load_encoder(
-        Path(flags.FLAGS.workdir) / "export")
-    if flags.FLAGS.task:
-      task_dirs = {Path(t).name: Path(t) for t in flags.FLAGS.task}
-    else:
-      task_dirs = datasets.resolve(config).probe_tasks
-      if not task_dirs:
-        sys.exit("this run trained on prepared data: give --task=DIR (a folder with meta.csv)")
-    initial = train.initial_encoder_params(config)
-    results = evaluate({"trained": (encoder, params), "random_init": (encoder, initial)},
-                       task_dirs, frontend_meta, config.probe)
-    print(json.dumps(summarise(results)))
+    tasks = {Path(t).name: Path(t) for t in flags.FLAGS.task} or None
+    try:
+      summary = evaluate_workdir(flags.FLAGS.workdir, tasks)
+    except (FileNotFoundError, ValueError) as err:
+      sys.exit(f"error: {err}")
+    print(json.dumps(summary))
 
   app.run(run, argv)
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/audio_jepa.py:demo",
@@ -63,6 +63,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(argv) -> None:
+  if not FLAGS["verbosity"].present:
+    # Library INFO logs (orbax writes several per checkpoint) drown the progress line;
+    # --verbosity=0 brings them back.
+    logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; flags are written --name=value")
   config = FLAGS.config
@@ -83,11 +87,11 @@ def run(argv) -> None:
   if not FLAGS.workdir:
     _fail("--workdir is required (a folder for checkpoints, metrics and the export)")
 
-  from jepa_jax import datasets, export, linear_eval, train
+  from jepa_jax import datasets, linear_eval, train
   try:
     result = train.train(config, FLAGS.workdir)
-  except (train.IncompatibleWorkdirError, train.NonFiniteLossError, FileNotFoundError,
-          ValueError) as err:
+  except (config_lib.ConfigError, datasets.DataError, train.IncompatibleWorkdirError,
+          train.NonFiniteLossError) as err:
     _fail(str(err))
   if result.interrupted:
     print(f"stopped at step {result.step} of {result.total_steps}; run the same command "
@@ -95,27 +99,17 @@ def run(argv) -> None:
     sys.exit(1)
   summary = {"steps": result.step, "final_loss": result.last_metrics.get("loss"),
              "timings_s": {k: round(v, 1) for k, v in result.timings.items()}}
-  if FLAGS.probe:
-    data = datasets.resolve(config)
-    if not data.probe_tasks:
-      print("no probe tasks for prepared data: run python -m jepa_jax.linear_eval "
-            "--workdir=... --task=DIR", file=sys.stderr)
-    else:
-      t = time.perf_counter()
-      _, encoder, params, frontend_meta = export.load_encoder(f"{FLAGS.workdir}/export")
-      results = linear_eval.evaluate(
-          {"trained": (encoder, params),
-           "random_init": (encoder, train.initial_encoder_params(config))},
-          data.probe_tasks, frontend_meta, config.probe)
-      summary["timings_s"]["probe"] = round(time.perf_counter() - t, 1)
-      summary = {**linear_eval.summarise(results), **summary}
+  if FLAGS.probe and not datasets.resolve(config).probe_tasks:
+    print("prepared data has no probe tasks: run python -m jepa_jax.linear_eval "
+          "--workdir=... --task=DIR", file=sys.stderr)
+  elif FLAGS.probe:
+    t = time.perf_counter()
+    summary = {**linear_eval.evaluate_workdir(FLAGS.workdir), **summary}
+    summary["timings_s"]["probe"] = round(time.perf_counter() - t, 1)
   print(json.dumps(summary))
 
 
 def main() -> None:
-  # Library INFO logs (orbax writes several per checkpoint) drown the progress line;
-  # --verbosity=0 brings them back.
-  FLAGS.set_default("verbosity", -1)
   app.run(run, flags_parser=parse_flags)
 
 

@@ -39,20 +39,25 @@ def _init(key, d, c):
           "b": jax.random.uniform(kb, (c,), minval=-bound, maxval=bound)}
 
 
-def _logits(p, x):
-  return x @ p["w"] + p["b"]
+CLASS_PAD = 8  # classes are padded to a multiple of this: tasks share one compiled probe
 
 
-def _xent(p, x, y):
-  return optax.softmax_cross_entropy_with_integer_labels(_logits(p, x), y).mean()
+def _logits(p, x, classes):
+  """Padded classes (`classes` False) get a logit no softmax or argmax ever picks."""
+  return jnp.where(classes, x @ p["w"] + p["b"], -1e9)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "lr", "max_epochs", "patience",
-                                             "batch_size"))
-def _fit(keys, x_tr, y_tr, x_va, y_va, *, num_classes, lr, max_epochs, patience, batch_size):
+def _xent(p, x, y, classes):
+  return optax.softmax_cross_entropy_with_integer_labels(_logits(p, x, classes), y).mean()
+
+
+@functools.partial(jax.jit, static_argnames=("lr", "max_epochs", "patience", "batch_size"))
+def _fit(keys, x_tr, y_tr, x_va, y_va, classes, *, lr, max_epochs, patience, batch_size):
   """Best-validation parameters for each key (vmapped over keys), and each epoch's
-  validation accuracy (held constant once early stopping has frozen the weights)."""
+  validation accuracy (held constant once early stopping has frozen the weights).
+  `classes` (C,) marks the real classes among the padded ones."""
   n, d = x_tr.shape
+  num_classes = classes.shape[0]
   steps = -(-n // batch_size)
   tx = optax.adam(lr)
 
@@ -69,15 +74,15 @@ def _fit(keys, x_tr, y_tr, x_va, y_va, *, num_classes, lr, max_epochs, patience,
 
       def sgd_step(c, idx):
         p, s = c
-        grads = jax.grad(_xent)(p, x_tr[idx], y_tr[idx])
+        grads = jax.grad(_xent)(p, x_tr[idx], y_tr[idx], classes)
         updates, s = tx.update(grads, s, p)
         return (optax.apply_updates(p, updates), s), None
 
       (new_params, new_state), _ = jax.lax.scan(sgd_step, (params, opt_state), order)
       params = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_params, params)
       opt_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, opt_state)
-      acc = (_logits(params, x_va).argmax(-1) == y_va).mean()
-      loss = _xent(params, x_va, y_va)
+      acc = (_logits(params, x_va, classes).argmax(-1) == y_va).mean()
+      loss = _xent(params, x_va, y_va, classes)
       improved = active & ((acc > best_acc) | ((acc == best_acc) & (loss < best_loss)))
       best = jax.tree.map(lambda a, b: jnp.where(improved, a, b), params, best)
       best_acc = jnp.where(improved, acc, best_acc)
@@ -97,11 +102,12 @@ def linear_probe(train: Split, valid: Split, test: Split, num_classes: int, *, s
                  lr: float, max_epochs: int, patience: int, batch_size: int) -> dict:
   """Test accuracy per seed, its mean and sample std."""
   x_tr, x_va, x_te = standardize(train.x, valid.x, test.x)
+  classes = jnp.arange(-(-num_classes // CLASS_PAD) * CLASS_PAD) < num_classes
   best, _ = _fit(jax.random.split(jax.random.key(0), seeds),
-              jnp.asarray(x_tr), jnp.asarray(train.y), jnp.asarray(x_va), jnp.asarray(valid.y),
-              num_classes=num_classes, lr=lr, max_epochs=max_epochs, patience=patience,
-              batch_size=min(batch_size, len(train.y)))
-  logits = jax.vmap(_logits, in_axes=(0, None))(best, jnp.asarray(x_te))
+                 jnp.asarray(x_tr), jnp.asarray(train.y), jnp.asarray(x_va),
+                 jnp.asarray(valid.y), classes, lr=lr, max_epochs=max_epochs,
+                 patience=patience, batch_size=min(batch_size, len(train.y)))
+  logits = jax.vmap(_logits, in_axes=(0, None, None))(best, jnp.asarray(x_te), classes)
   per_seed = np.asarray((logits.argmax(-1) == jnp.asarray(test.y)).mean(-1), np.float64)
   return {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()),
           "std": float(per_seed.std(ddof=1)) if seeds > 1 else 0.0}

@@ -69,10 +69,16 @@ def init_state(objective, tx, rng) -> dict:
           "opt_state": tx.init(params), "aux": objective.init_aux()}
 
 
+def _objective_aux(state) -> dict:
+  """What the objective sees besides its parameters: its own non-trained state and the
+  EMA target the optimizer keeps (None without one)."""
+  return {"ema": ema.find_target(state["opt_state"]), **state["aux"]}
+
+
 def train_step(objective, tx, schedules, step_key, state, batch):
   step = state["step"]
   rng = jax.random.fold_in(step_key, step)
-  aux = {"ema": ema.find_target(state["opt_state"]), **state["aux"]}
+  aux = _objective_aux(state)
   grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
   (loss, (metrics, new_aux)), grads = grad_fn(state["params"], aux, batch, rng, step)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -80,6 +86,13 @@ def train_step(objective, tx, schedules, step_key, state, batch):
   metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
              **{name: schedule(step) for name, schedule in schedules.items()}}
   return {"step": step + 1, "params": params, "opt_state": opt_state, "aux": new_aux}, metrics
+
+
+def monitor_step(objective, step_key, state, batch):
+  """The objective's collapse monitors after a step, on that step's batch and masks."""
+  step = state["step"] - 1
+  return objective.monitors(state["params"], _objective_aux(state), batch,
+                            jax.random.fold_in(step_key, step), step)
 
 
 def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -135,8 +148,9 @@ def _ensure_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> N
     kept = (f"the last good checkpoint (step {good}) in {ckpt.directory} is intact"
             if good is not None else "no checkpoint had been written yet")
     raise NonFiniteLossError(
-        f"loss became {loss} (gradient norm {grad_norm}) at step {step}; training stopped and nothing after it was "
-        f"saved: {kept}. Lower optim.base_lr or raise the warmup, then rerun to resume.")
+        f"loss became {loss} (gradient norm {grad_norm}) at step {step}; training stopped "
+        f"and nothing after it was saved: {kept}. Lower optim.base_lr or lengthen the "
+        f"warmup, then rerun to resume.")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
@@ -154,7 +168,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.rules(config)
   if config.train.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-    raise ValueError(f"train.batch_size {config.train.batch_size} must divide over the "
+    raise config_lib.ConfigError(f"train.batch_size {config.train.batch_size} must divide over the "
                      f"{mesh.shape['data'] * mesh.shape['fsdp']} data x fsdp devices")
   objective = objectives.build(config)
   tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
@@ -176,6 +190,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
                       in_shardings=(shardings, batch_sharding),
                       out_shardings=(shardings, mesh_lib.replicated(mesh)),
                       donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
+    monitor_fn = jax.jit(functools.partial(monitor_step, objective, step_key),
+                         in_shardings=(shardings, batch_sharding),
+                         out_shardings=mesh_lib.replicated(mesh),
+                         ).lower(abstract_state, abstract_batch).compile()
     timings["compile"] = time.perf_counter() - t
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
@@ -198,8 +216,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   stop = _StopRequest()
   t = time.perf_counter()
   with stop.installed():
-    pending = None  # (step, metrics) of the previous step, checked one step late so the
-    step = start    # host never waits for the device except at logs and saves
+    # Each step's loss is checked while the next one runs, so the host only waits for
+    # the device at logs and saves.
+    pending = None
     for step in range(start + 1, total_steps + 1):
       local = next(iterator)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
@@ -209,7 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         _ensure_finite(*pending, ckpt)
       pending = (step, metrics)
       if step % config.train.log_every == 0 or step == total_steps:
-        last_metrics = jax.device_get(metrics)
+        last_metrics = jax.device_get({**metrics, **monitor_fn(state, batch)})
         _ensure_finite(step, last_metrics, ckpt)
         rate = progress.update(step, last_metrics)
         writer.write(step, {**last_metrics, "steps_per_sec": rate})

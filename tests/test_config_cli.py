@@ -86,9 +86,12 @@ def test_cli_dry_run_prints_one_json_line():
     (["--config=configs/audio_jepa.py", "--config.mask.target_ratio=0", "--dry_run"],
      "at least one target"),
     (["--config=configs/audio_jepa.py:demo"], "--workdir is required"),
+    (["--config=configs/audio_jepa.py:demo", "--workdir={tmp}/run",
+      "--config.data.dir={tmp}/no_shards"], "is not a mel shard directory"),
 ])
-def test_cli_bad_input_is_a_clear_error(args, fragment):
-  out = _run(*args)
+def test_cli_bad_input_is_a_clear_error(args, fragment, tmp_path):
+  out = _run(*(a.format(tmp=tmp_path) for a in args))
   assert out.returncode != 0
   assert fragment in out.stderr
   assert "Traceback" not in out.stderr
+  assert not (tmp_path / "run").exists()  # nothing was written

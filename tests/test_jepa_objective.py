@@ -68,3 +68,12 @@ def test_default_loss_is_smooth_l1_on_standardised_targets_and_targets_get_no_gr
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(g_target))
   assert float(jnp.abs(g_params["predictor"]["mask_token"]).max()) > 0
   assert float(jnp.abs(g_params["encoder"]["patch_embed"]["kernel"]).max()) > 0
+
+
+def test_monitors_report_target_and_context_collapse_statistics():
+  _, obj, params, target, batch = _setup()
+  out = jax.jit(obj.monitors)(params, {"ema": target}, batch, jax.random.key(2), 0)
+  assert set(out) == {"target_feature_std", "target_effective_rank",
+                      "context_feature_std", "context_effective_rank"}
+  assert all(np.isfinite(float(v)) and float(v) > 0 for v in out.values())
+  assert float(out["target_effective_rank"]) <= 32  # at most the embedding width

@@ -11,8 +11,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.chdir(ROOT)
   namespace: dict = {}
   exec("".join(cells[0]["source"]), namespace)
-  namespace.update(EPOCHS=0.5, NUM_PRETRAIN=64, NUM_PROBE=48, WORKDIR=str(tmp_path / "run"))
+  namespace.update(EPOCHS=2.0, NUM_PRETRAIN=32, NUM_PROBE=48, WORKDIR=str(tmp_path / "run"))
   for cell in cells[1:]:
     exec("".join(cell["source"]), namespace)
-  assert namespace["result"].step == namespace["result"].total_steps == 1
+  assert namespace["result"].step == namespace["result"].total_steps == 2
   assert 0 <= namespace["summary"]["probe_accuracy"] <= 1

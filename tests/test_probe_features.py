@@ -35,13 +35,16 @@ def test_early_stopping_restores_the_best_epoch_and_stops_after_patience():
   x, y = _blobs(400, 30, 3, 1, spread=1.0)
   keys = jax.random.split(jax.random.key(0), 2)
   patience, epochs = 5, 120
+  classes = jnp.arange(8) < 3
   best, history = probe._fit(keys, jnp.asarray(x[:300]), jnp.asarray(y[:300]),
-                             jnp.asarray(x[300:]), jnp.asarray(y[300:]), num_classes=3,
+                             jnp.asarray(x[300:]), jnp.asarray(y[300:]), classes,
                              lr=3e-2, max_epochs=epochs, patience=patience, batch_size=32)
   history = np.asarray(history)
   for seed in range(2):
     params = jax.tree.map(lambda a: a[seed], best)
-    acc = float((probe._logits(params, jnp.asarray(x[300:])).argmax(-1) == y[300:]).mean())
+    logits = probe._logits(params, jnp.asarray(x[300:]), classes)
+    assert int(logits.argmax(-1).max()) < 3  # padded classes are never predicted
+    acc = float((logits.argmax(-1) == y[300:]).mean())
     assert acc == pytest.approx(history[seed].max())
     # The last improvement reaches the maximum (ties improve on a lower loss); `patience`
     # epochs later training stops and the weights stay frozen.

@@ -104,14 +104,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_probe_summary_of_a_finished_run(finished_run):
   workdir, _, _ = finished_run
-  config, encoder, params, frontend_meta = export.load_encoder(workdir / "export")
-  from jepa_jax import datasets
-  tasks = datasets.resolve(config).probe_tasks
-  assert set(tasks) == {"pitch", "source", "envelope"}
-  results = linear_eval.evaluate(
-      {"trained": (encoder, params), "random_init": (encoder, train.initial_encoder_params(config))},
-      tasks, frontend_meta, config.probe)
-  summary = linear_eval.summarise(results)
+  summary = linear_eval.evaluate_workdir(workdir)
+  assert set(summary["tasks"]) == {"pitch", "source", "envelope"}
   for key in ("probe_accuracy", "probe_accuracy_random_init", "probe_accuracy_mean_logmel"):
     assert 0.0 <= summary[key] <= 1.0 and key + "_seed_std" in summary
   assert set(summary["tasks"]["pitch"]) == {"trained", "random_init", "mean_logmel"}

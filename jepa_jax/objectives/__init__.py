@@ -2,7 +2,10 @@
 
 Each objective class is built from the config and provides
   init(rng) -> params (logically boxed, a dict of named modules)
+  init_aux() -> aux: the non-trained state at the start
   loss(params, aux, batch, rng, step) -> (loss, (metrics, new_aux))
+  monitors(params, aux, batch, rng, step) -> metrics: label-free collapse monitors,
+      too costly for every step; the loop computes them on logging steps
   encoder / encoder_params(params): the encoder to export and evaluate
   ema_subtree: name of the params entry the optimizer keeps an EMA of, or None.
 `aux` carries non-trained state (BatchNorm statistics, queues) and, under 'ema', the

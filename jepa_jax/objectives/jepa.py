@@ -68,8 +68,8 @@ class JEPA:
   def encoder_params(self, params: dict) -> dict:
     return params["encoder"]
 
-  def loss(self, params, aux, batch, rng, step):
-    del step  # the mask strategies of this objective do not depend on it yet
+  def _forward(self, params, aux, batch, rng):
+    """Masks, context embeddings, predictions and (stop-gradient) target embeddings."""
     mel = batch["mel"]
     tokens = patches.patchify(mel, self.patch_size)
     m = masks.sample(rng, mel.shape[0], self.grid, self.config.mask.strategy, **self.mask_params)
@@ -86,13 +86,20 @@ class JEPA:
                       m.target_idx, m.target_valid)
     else:
       target = gather_tokens(encode(target_params, tokens), m.target_idx)
-    target = jax.lax.stop_gradient(target).astype(jnp.float32)
+    return m, context, pred, jax.lax.stop_gradient(target).astype(jnp.float32)
+
+  def loss(self, params, aux, batch, rng, step):
+    del step  # the mask strategies of this objective do not depend on it yet
+    m, _, pred, target = self._forward(params, aux, batch, rng)
     goal = losses.standardize(target, self.config.jepa.standardize_eps) \
         if self.config.jepa.standardize_targets else target
-
     loss = losses.masked_mean(self.distance(pred.astype(jnp.float32), goal), m.target_valid)
-    metrics = {"loss": loss,
-               **monitors.collapse_monitors("target", target, m.target_valid),
-               **monitors.collapse_monitors("context", context, m.context_valid)}
-    return loss, (metrics, {})
+    return loss, ({"loss": loss}, {})
 
+  def monitors(self, params, aux, batch, rng, step) -> dict:
+    """Label-free collapse monitors of the target and context embeddings. Each costs an
+    eigendecomposition, so the loop computes them on logging steps only."""
+    del step
+    m, context, _, target = self._forward(params, aux, batch, rng)
+    return {**monitors.collapse_monitors("target", target, m.target_valid),
+            **monitors.collapse_monitors("context", context, m.context_valid)}
