@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jepa_jax import checkpoint, masks, mesh as mesh_lib, objectives, optim, train  # noqa: E402
+from jepa_jax import checkpoint, masks, objectives, optim, train  # noqa: E402
+from jepa_jax import mesh as mesh_lib
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
 flags.DEFINE_list("batch_sizes", ["32", "64"], "global batch sizes")

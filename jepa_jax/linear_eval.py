@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines import audio_io, frontends, tasks as tasks_lib
+from data_pipelines import audio_io, frontends
+from data_pipelines import tasks as tasks_lib
 from jepa_jax import features, probe
 
 
@@ -74,9 +75,7 @@ def probe_task(x: np.ndarray, task: tasks_lib.Task, probe_cfg) -> dict:
       len(names), seeds=probe_cfg.seeds, lr=probe_cfg.lr, max_epochs=probe_cfg.max_epochs,
       patience=probe_cfg.patience, batch_size=probe_cfg.batch_size)
       for tr, va, te in task_splits(task)]
-  per_seed = np.mean([r["per_seed"] for r in runs], axis=0)  # mean over folds
-  return {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()),
-          "std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0}
+  return probe.seed_summary(np.mean([r["per_seed"] for r in runs], axis=0))  # fold mean
 
 
 def _file_key(path: Path) -> tuple[int, int]:
@@ -84,10 +83,11 @@ def _file_key(path: Path) -> tuple[int, int]:
   return st.st_dev, st.st_ino
 
 
-def evaluate(encoders: dict, task_dirs: dict[str, Path], frontend_meta: dict, probe_cfg,
-             with_baseline: bool = True) -> dict:
-  """encoders: name -> (encoder module, params). Returns per task, per feature set, the
-  probe result. Audio shared between tasks is loaded and encoded once."""
+def evaluate(encoders: dict, task_dirs: dict[str, Path], frontend_meta: dict,
+             probe_cfg) -> dict:
+  """encoders: name -> (encoder module, params). Returns, per task, the probe result of
+  each encoder's clip embeddings and of the mean-log-mel baseline ('mean_logmel'). Audio
+  shared between tasks is loaded and encoded once."""
   tasks = {name: tasks_lib.read_task(d) for name, d in task_dirs.items()}
   # One file may appear in several tasks, under other paths (hard links): key by inode.
   files = {}
@@ -99,8 +99,7 @@ def evaluate(encoders: dict, task_dirs: dict[str, Path], frontend_meta: dict, pr
   feature_sets = {name: features.clip_embeddings(enc, params, mels, frontend_meta["frames"],
                                                  pad_value(frontend_meta), probe_cfg.chunk_batch)
                   for name, (enc, params) in encoders.items()}
-  if with_baseline:
-    feature_sets["mean_logmel"] = features.mean_logmel(mels)
+  feature_sets["mean_logmel"] = features.mean_logmel(mels)
   results = {}
   for task_name, task in tasks.items():
     rows = np.array([where[_file_key(r.path)] for r in task.rows])
@@ -114,10 +113,9 @@ def summarise(results: dict) -> dict:
   task-mean accuracy (`..._seed_std`)."""
   out = {}
   for fs in next(iter(results.values())):
-    per_seed = np.mean([results[t][fs]["per_seed"] for t in results], axis=0)
+    task_mean = probe.seed_summary(np.mean([results[t][fs]["per_seed"] for t in results], 0))
     key = "probe_accuracy" if fs == "trained" else f"probe_accuracy_{fs}"
-    out[key] = float(per_seed.mean())
-    out[key + "_seed_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
+    out[key], out[key + "_seed_std"] = task_mean["mean"], task_mean["std"]
   out["tasks"] = {t: {fs: {"mean": r["mean"], "std": r["std"]} for fs, r in v.items()}
                   for t, v in results.items()}
   return out

@@ -28,6 +28,7 @@ def parameter_counts(config) -> dict:
   """Parameters per module from abstract shapes: nothing is allocated."""
   import flax.linen as nn
   import jax
+
   from jepa_jax import objectives
   objective = objectives.build(config)
   abstract = jax.eval_shape(lambda: nn.unbox(objective.init(jax.random.key(0))))

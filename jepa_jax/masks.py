@@ -8,7 +8,7 @@ first, which attention (key mask) and the loss (per-sample mean over valid targe
 honour. Samples are never truncated to the batch minimum and never padded with real
 tokens. Objectives ask for a strategy by its config name through `sample`.
 """
-from typing import Callable
+from collections.abc import Callable
 
 import flax.struct
 import jax

@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")

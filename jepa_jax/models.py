@@ -23,9 +23,9 @@ def _attention_impl(model: ml_collections.ConfigDict) -> str | None:
 
 def build_encoder(config: ml_collections.ConfigDict) -> vit.Encoder:
   m = config.model
-  return vit.Encoder(grid=grid(config), patch_size=m.patch_size, width=m.width, depth=m.depth, num_heads=m.num_heads,
-                     mlp_dim=m.mlp_dim, dtype=DTYPES[m.dtype],
-                     attention_impl=_attention_impl(m))
+  return vit.Encoder(grid=grid(config), patch_size=m.patch_size, width=m.width,
+                     depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+                     dtype=DTYPES[m.dtype], attention_impl=_attention_impl(m))
 
 
 def build_predictor(config: ml_collections.ConfigDict) -> predictor.Predictor:

@@ -108,6 +108,11 @@ def linear_probe(train: Split, valid: Split, test: Split, num_classes: int, *, s
                  jnp.asarray(valid.y), classes, lr=lr, max_epochs=max_epochs,
                  patience=patience, batch_size=min(batch_size, len(train.y)))
   logits = jax.vmap(_logits, in_axes=(0, None, None))(best, jnp.asarray(x_te), classes)
-  per_seed = np.asarray((logits.argmax(-1) == jnp.asarray(test.y)).mean(-1), np.float64)
+  return seed_summary(np.asarray((logits.argmax(-1) == jnp.asarray(test.y)).mean(-1)))
+
+
+def seed_summary(per_seed: np.ndarray) -> dict:
+  """Accuracy per seed, its mean and sample std (0 for a single seed)."""
+  per_seed = np.asarray(per_seed, np.float64)
   return {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()),
-          "std": float(per_seed.std(ddof=1)) if seeds > 1 else 0.0}
+          "std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0}

@@ -21,9 +21,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from jepa_jax import checkpoint, config_lib, datasets, ema, export, metrics as metrics_lib
+from jepa_jax import checkpoint, config_lib, datasets, ema, export, objectives, optim
 from jepa_jax import mesh as mesh_lib
-from jepa_jax import objectives, optim
+from jepa_jax import metrics as metrics_lib
 
 
 class IncompatibleWorkdirError(RuntimeError):

@@ -34,7 +34,8 @@ def test_patchify_token_order_matches_position_grid():
   assert grid == (2, 3) and tokens.shape == (2, 6, 16)
   coords = positions.grid_coordinates(grid)
   for n, (f, t) in enumerate(coords):
-    np.testing.assert_array_equal(tokens[1, n], mel[1, f * p:(f + 1) * p, t * p:(t + 1) * p].reshape(-1))
+    patch = mel[1, f * p:(f + 1) * p, t * p:(t + 1) * p]
+    np.testing.assert_array_equal(tokens[1, n], patch.reshape(-1))
   np.testing.assert_array_equal(np.asarray(patches.unpatchify(tokens, grid, p)), mel)
 
 
