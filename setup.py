@@ -17,6 +17,7 @@ CORE = [
   "soundfile>=0.12",
   "tensorboardX>=2.6",
   "tqdm>=4.66",
+  "matplotlib>=3.8",  # mask pictures
 ]
 
 setup(
@@ -28,9 +29,9 @@ setup(
   packages=find_packages(include=["jepa_jax", "jepa_jax.*", "data_pipelines", "data_pipelines.*"]),
   install_requires=CORE,
   extras_require={
-    "test": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8"],
-    "dev": ["pytest>=8", "scikit-learn>=1.4", "matplotlib>=3.8", "ruff"],
-    "notebooks": ["matplotlib>=3.8", "jupyter"],
+    "test": ["pytest>=8", "scikit-learn>=1.4"],
+    "dev": ["pytest>=8", "scikit-learn>=1.4", "ruff"],
+    "notebooks": ["jupyter"],
     "torch": ["torch==2.13.0"],
   },
 )

@@ -39,11 +39,17 @@ def count(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def analytic_flops(config, params: dict, batch: int) -> float:
+def token_counts(config) -> tuple[int, int, int]:
+  """(grid tokens, context slots, target slots) of one clip for the config's masks."""
   grid = objectives.build(config).grid
-  n = grid[0] * grid[1]
-  n_target = masks.num_unstructured_targets(n, config.mask.target_ratio)
-  n_context = n - n_target
+  m = jax.eval_shape(lambda k: masks.sample(k, 1, grid, config.mask), jax.random.key(0))
+  return grid[0] * grid[1], int(np.prod(m.context_idx.shape)), int(np.prod(m.target_idx.shape))
+
+
+def analytic_flops(config, params: dict, batch: int) -> float:
+  """For fixed-count masks (unstructured); block masks pad their slots, which the
+  step computes but these FLOPs do not count."""
+  n, n_context, n_target = token_counts(config)
   n_target_pass = n_target if config.jepa.target_domain == "audio" else n
   enc, pred = count(params["encoder"]), count(params["predictor"])
   width, depth = config.model.width, config.model.depth
@@ -106,8 +112,7 @@ def time_step(config, batch: int) -> dict:
   step_s = statistics.median(times)
   flops = analytic_flops(config, state["params"], batch)
   grid = objective.grid
-  n_context = grid[0] * grid[1] - masks.num_unstructured_targets(grid[0] * grid[1],
-                                                                 config.mask.target_ratio)
+  _, n_context, _ = token_counts(config)
   # The step's dominant GEMM: the context encoder's MLP, (B * Nc) x D x 4D.
   ceiling = matmul_ceiling(batch * n_context, config.model.width, config.model.mlp_dim)
   return {"batch": batch, "tokens_per_clip": grid[0] * grid[1], "compile_s": compile_s,

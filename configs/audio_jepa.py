@@ -12,7 +12,7 @@ Variants combine: `configs/audio_jepa.py:demo,d=3.2`.
 """
 import ml_collections
 
-from jepa_jax import config_lib
+from jepa_jax import config_lib, masks
 
 FRAMES_PER_SECOND = 100  # 10 ms hop
 
@@ -43,7 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dtype="float32", attention_impl=""))
   c.predictor = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16, mlp_dim=2048))
 
-  c.mask = ml_collections.ConfigDict(dict(strategy="unstructured", target_ratio=0.6))
+  # Table 3: mask.strategy in {unstructured, multi_block, time} x jepa.target_domain in
+  # {audio, latent}; each strategy's parameters are the papers' (jepa_jax/masks.py).
+  c.mask = masks.default_config("unstructured")
   c.jepa = ml_collections.ConfigDict(dict(
       target_domain="audio",         # 'audio' (paper best) or 'latent' (I-JEPA)
       distance="smooth_l1",          # element-wise, beta 1; 'smooth_l1_vector' (eq. 3), 'l2'

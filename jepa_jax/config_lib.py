@@ -75,16 +75,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(e, config.model.attention_impl in ("", "xla", "cudnn"),
          f"model.attention_impl must be '', 'xla' or 'cudnn', got {config.model.attention_impl!r}")
 
-  _check(e, config.mask.strategy in masks.STRATEGIES,
-         f"mask.strategy {config.mask.strategy!r} unknown; known: {sorted(masks.STRATEGIES)}")
   grid_ok = d.frames > 0 and d.frames % config.model.patch_size == 0 \
       and d.frontend in frontends.FRONTENDS
-  if grid_ok and config.mask.strategy == "unstructured":
-    n = models.grid(config)[0] * models.grid(config)[1]
-    try:
-      masks.num_unstructured_targets(n, config.mask.target_ratio)
-    except ValueError as err:
-      e.append(str(err))
+  if grid_ok:
+    e.extend(masks.config_errors(config.mask, models.grid(config)))
 
   o = config.optim
   _positive(e, config, "optim", "base_lr", "eps")

@@ -170,7 +170,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   if config.train.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
     raise config_lib.ConfigError(f"train.batch_size {config.train.batch_size} must divide over the "
                      f"{mesh.shape['data'] * mesh.shape['fsdp']} data x fsdp devices")
-  objective = objectives.build(config)
+  objective = objectives.build(config, total_steps)
   tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
                                        total_steps, warmup_steps, objective.ema_subtree)
   init_rng, step_key = rngs(config)

@@ -16,7 +16,9 @@ def test_paper_recipe_values():
   c = audio_jepa.get_config()
   assert (c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim) == (768, 12, 12, 3072)
   assert (c.predictor.width, c.predictor.depth, c.predictor.num_heads) == (512, 8, 16)
-  assert (c.data.frames, c.mask.target_ratio, c.train.batch_size) == (208, 0.6, 2048)
+  assert (c.data.frames, c.mask.unstructured.target_ratio, c.train.batch_size) == (208, 0.6,
+                                                                                   2048)
+  assert c.mask.strategy == "unstructured" and c.jepa.target_domain == "audio"
   assert (c.ema.tau_start, c.ema.tau_end) == (0.99995, 0.99999)
   assert (c.train.epochs, c.optim.warmup_epochs, c.optim.clip_norm) == (300, 20, 3.0)
   config_lib.validate(c)
@@ -36,7 +38,7 @@ def test_duration_and_demo_variants():
 
 def test_validate_lists_every_bad_field():
   c = audio_jepa.get_config("demo")
-  c.mask.target_ratio = 1.5
+  c.mask.unstructured.target_ratio = 1.5
   c.model.num_heads = 5
   c.optim.base_lr = -1.0
   c.jepa.target_domain = "pixels"
@@ -83,8 +85,8 @@ def test_cli_dry_run_prints_one_json_line():
      "nonexistent"),
     (["--config=configs/audio_jepa.py", "--config.train.batch_size=abc", "--dry_run"],
      "batch_size"),
-    (["--config=configs/audio_jepa.py", "--config.mask.target_ratio=0", "--dry_run"],
-     "at least one target"),
+    (["--config=configs/audio_jepa.py", "--config.mask.unstructured.target_ratio=0",
+      "--dry_run"], "at least one target"),
     (["--config=configs/audio_jepa.py:demo"], "--workdir is required"),
     (["--config=configs/audio_jepa.py:demo", "--workdir={tmp}/run",
       "--config.data.dir={tmp}/no_shards"], "is not a mel shard directory"),
@@ -95,3 +97,24 @@ def test_cli_bad_input_is_a_clear_error(args, fragment, tmp_path):
   assert fragment in out.stderr
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "run").exists()  # nothing was written
+
+
+@pytest.mark.parametrize("strategy", ["unstructured", "multi_block", "time"])
+@pytest.mark.parametrize("domain", ["audio", "latent"])
+def test_table3_cells_are_one_override_each(strategy, domain):
+  """Audio-JEPA table 3: mask.strategy x jepa.target_domain, on the paper's 5 x 13 grid."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from jepa_jax import objectives
+  c = audio_jepa.get_config("demo")
+  c.mask.strategy, c.jepa.target_domain = strategy, domain
+  config_lib.validate(c)
+  objective = objectives.build(c, total_steps=100)
+  params = jax.eval_shape(lambda: nn.unbox(objective.init(jax.random.key(0))))
+  batch = {"mel": jax.ShapeDtypeStruct((2, 80, 208), jnp.float32)}
+  loss, _ = jax.eval_shape(
+      lambda p, b: objective.loss(p, {"ema": p["encoder"]}, b, jax.random.key(0), 0),
+      params, batch)
+  assert loss.shape == ()

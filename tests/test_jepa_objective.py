@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jepa_jax import losses, masks, objectives, patches
+from jepa_jax.objectives import jepa
 from tests.tiny import tiny_config
 
 
@@ -30,17 +31,16 @@ def test_loss_matches_manual_computation(domain):
   @jax.jit
   def manual(params, target_params, mel):
     tokens = patches.patchify(mel, 16)
-    m = masks.unstructured(rng, 4, (5, 4), target_ratio=config.mask.target_ratio)
+    m = masks.sample(rng, 4, (5, 4), config.mask)
+    ci, cv = m.context_idx[:, 0], m.context_valid[:, 0]   # one set, one group, all valid
+    ti, tv = m.target_idx[:, 0, 0], m.target_valid[:, 0, 0]
     take = lambda x, i: jnp.take_along_axis(x, i[..., None], 1)  # noqa: E731
-    ctx = obj.encoder.apply({"params": params["encoder"]}, take(tokens, m.context_idx),
-                            m.context_idx)
-    pred = obj.predictor.apply({"params": params["predictor"]}, ctx, m.context_idx,
-                               m.context_valid, m.target_idx, m.target_valid)
+    ctx = obj.encoder.apply({"params": params["encoder"]}, take(tokens, ci), ci)
+    pred = obj.predictor.apply({"params": params["predictor"]}, ctx, ci, cv, ti, tv)
     if domain == "audio":
-      tgt = obj.encoder.apply({"params": target_params}, take(tokens, m.target_idx),
-                              m.target_idx)
+      tgt = obj.encoder.apply({"params": target_params}, take(tokens, ti), ti)
     else:
-      tgt = take(obj.encoder.apply({"params": target_params}, tokens), m.target_idx)
+      tgt = take(obj.encoder.apply({"params": target_params}, tokens), ti)
     return pred, tgt
 
   pred, tgt = manual(params, target_params, batch["mel"])
@@ -77,3 +77,39 @@ def test_monitors_report_target_and_context_collapse_statistics():
                       "context_feature_std", "context_effective_rank"}
   assert all(np.isfinite(float(v)) and float(v) > 0 for v in out.values())
   assert float(out["target_effective_rank"]) <= 32  # at most the embedding width
+
+
+def test_first_occurrence_marks_each_valid_token_once():
+  idx = jnp.array([[3, 1, 3, 0, 1, 0]])
+  valid = jnp.array([[True, True, True, False, True, True]])
+  np.testing.assert_array_equal(jepa.first_occurrence(idx, valid, 5),
+                                [[True, True, False, False, False, True]])
+
+
+@pytest.mark.parametrize("strategy", ["multi_block", "time"])
+def test_block_targets_in_the_audio_domain_equal_encoding_their_union(strategy):
+  """With overlapping blocks and padding slots, each valid target equals the target
+  encoder's output on the clip's union of target patches, taken once each."""
+  config = tiny_config()
+  config.data.frames = 208                      # 5 x 13: blocks with padding slots
+  config.mask.strategy = strategy
+  obj = objectives.build(config)
+  params = jax.jit(lambda r: nn.unbox(obj.init(r)))(jax.random.key(0))
+  target_params = params["encoder"]
+  batch = {"mel": jnp.asarray(np.random.default_rng(0).normal(size=(4, 80, 208)), jnp.float32)}
+  rng = jax.random.key(11)
+  _, _, pred, target, valid = jax.jit(obj._forward)(params, {"ema": target_params}, batch,
+                                                   rng, 0)
+  m = masks.sample(rng, 4, obj.grid, config.mask)
+  tokens = patches.patchify(batch["mel"], 16)
+  flat_idx = np.asarray(m.target_idx).reshape(4, -1)
+  flat_valid = np.asarray(m.target_valid).reshape(4, -1)
+  assert pred.shape == target.shape == flat_idx.shape + (32,)
+  encode = jax.jit(lambda p, x, i: obj.encoder.apply({"params": p}, x, i))
+  for b in range(4):
+    union = np.unique(flat_idx[b][flat_valid[b]])
+    out = encode(target_params, tokens[b:b + 1, union], jnp.asarray(union)[None])[0]
+    for slot in np.flatnonzero(flat_valid[b]):
+      np.testing.assert_allclose(target[b, slot], out[np.searchsorted(union, flat_idx[b, slot])],
+                                 rtol=1e-4, atol=1e-5)
+  assert (~flat_valid).any()  # the test did cover padding slots

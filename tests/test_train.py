@@ -109,3 +109,15 @@ def test_probe_summary_of_a_finished_run(finished_run):
   for key in ("probe_accuracy", "probe_accuracy_random_init", "probe_accuracy_mean_logmel"):
     assert 0.0 <= summary[key] <= 1.0 and key + "_seed_std" in summary
   assert set(summary["tasks"]["pitch"]) == {"trained", "random_init", "mean_logmel"}
+
+
+def test_curriculum_multi_mask_latent_run_trains(tmp_path):
+  """Step-dependent masks, several mask sets and target groups, one shared target pass."""
+  config = tiny_config(epochs=0.5, checkpoint_every=100)
+  config.mask.update(strategy="curriculum", num_sets=2)
+  config.mask.curriculum.granularity = "sample"
+  config.jepa.target_domain = "latent"
+  config.optim.warmup_epochs = 0.1
+  result = train.train(config, tmp_path)
+  assert result.step == 3 and np.isfinite(result.last_metrics["loss"])
+  assert result.last_metrics["target_effective_rank"] > 1

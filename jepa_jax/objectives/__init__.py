@@ -18,7 +18,9 @@ from jepa_jax.objectives import jepa
 OBJECTIVES = {"jepa": jepa.JEPA}
 
 
-def build(config: ml_collections.ConfigDict):
+def build(config: ml_collections.ConfigDict, total_steps: int = 1):
+  """The objective of a config; `total_steps` feeds step-dependent schedules (the
+  curriculum mask)."""
   if config.objective not in OBJECTIVES:
     raise ValueError(f"unknown objective {config.objective!r}; known: {sorted(OBJECTIVES)}")
-  return OBJECTIVES[config.objective](config)
+  return OBJECTIVES[config.objective](config, total_steps)

@@ -22,6 +22,18 @@ def gather_tokens(x: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
   return jnp.take_along_axis(x, idx[..., None], axis=1)
 
 
+def first_occurrence(idx: jnp.ndarray, valid: jnp.ndarray, num_tokens: int) -> jnp.ndarray:
+  """(B, L) bool: slot s is valid and the first valid slot holding its token index."""
+  slots = jnp.arange(idx.shape[1])
+
+  def row(i, v):
+    # Scatter-min of the slot numbers onto token positions, then look back up.
+    first = jnp.full((num_tokens,), idx.shape[1]).at[i].min(jnp.where(v, slots, idx.shape[1]))
+    return v & (first[i] == slots)
+
+  return jax.vmap(row)(idx, valid)
+
+
 class JEPA:
   ema_subtree = "encoder"
 
@@ -41,13 +53,13 @@ class JEPA:
                     f"{ema.tau_start} -> {ema.tau_end}")
     return errors
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, total_steps: int = 1):
     self.config = config
+    self.total_steps = total_steps  # the curriculum mask schedule runs over these
     self.patch_size = config.model.patch_size
     self.grid = models.grid(config)
     self.encoder = models.build_encoder(config)
     self.predictor = models.build_predictor(config)
-    self.mask_params = {k: v for k, v in config.mask.items() if k != "strategy"}
     distance = losses.DISTANCES[config.jepa.distance]
     if config.jepa.distance.startswith("smooth_l1"):
       distance = functools.partial(distance, beta=config.jepa.smooth_l1_beta)
@@ -68,38 +80,53 @@ class JEPA:
   def encoder_params(self, params: dict) -> dict:
     return params["encoder"]
 
-  def _forward(self, params, aux, batch, rng):
-    """Masks, context embeddings, predictions and (stop-gradient) target embeddings."""
+  def _forward(self, params, aux, batch, rng, step):
+    """Masks, then context embeddings (B*K, Nc, D) per mask set, and predictions and
+    stop-gradient targets for every target slot of every set and group, (B, K*M*Nt, D)."""
     mel = batch["mel"]
+    b = mel.shape[0]
     tokens = patches.patchify(mel, self.patch_size)
-    m = masks.sample(rng, mel.shape[0], self.grid, self.config.mask.strategy, **self.mask_params)
-
+    m = masks.sample(rng, b, self.grid, self.config.mask, step, self.total_steps)
+    k, nc = m.context_idx.shape[1:]
+    groups, nt = m.target_idx.shape[2:]
     encode = lambda p, *args: self.encoder.apply({"params": p}, *args)  # noqa: E731
-    context = encode(params["encoder"], gather_tokens(tokens, m.context_idx),
-                     m.context_idx, m.context_valid)
-    pred = self.predictor.apply({"params": params["predictor"]}, context, m.context_idx,
-                                m.context_valid, m.target_idx, m.target_valid)
 
-    target_params = aux["ema"]
+    context_idx = m.context_idx.reshape(b * k, nc)
+    context_valid = m.context_valid.reshape(b * k, nc)
+    context_tokens = gather_tokens(tokens, m.context_idx.reshape(b, k * nc))
+    context = encode(params["encoder"], context_tokens.reshape(b * k, nc, -1), context_idx,
+                     context_valid)
+    # Each target group is predicted from the same context, separately (I-JEPA).
+    rep = lambda x: jnp.repeat(x, groups, axis=0)  # noqa: E731
+    pred = self.predictor.apply(
+        {"params": params["predictor"]}, rep(context), rep(context_idx), rep(context_valid),
+        m.target_idx.reshape(b * k * groups, nt), m.target_valid.reshape(b * k * groups, nt))
+    pred = pred.reshape(b, k * groups * nt, -1)
+
+    target_idx = m.target_idx.reshape(b, -1)
+    target_valid = m.target_valid.reshape(b, -1)
     if self.config.jepa.target_domain == "audio":
-      target = encode(target_params, gather_tokens(tokens, m.target_idx),
-                      m.target_idx, m.target_valid)
-    else:
-      target = gather_tokens(encode(target_params, tokens), m.target_idx)
-    return m, context, pred, jax.lax.stop_gradient(target).astype(jnp.float32)
+      # The target encoder sees the union of the clip's target patches, each once: a
+      # repeated patch (overlapping blocks, several sets) is no key for the others but
+      # still gets its own output, equal to its first occurrence's.
+      keys = first_occurrence(target_idx, target_valid, tokens.shape[1])
+      target = encode(aux["ema"], gather_tokens(tokens, target_idx), target_idx, keys)
+    else:  # one target pass on the whole input, shared by every mask set
+      target = gather_tokens(encode(aux["ema"], tokens), target_idx)
+    target = jax.lax.stop_gradient(target).astype(jnp.float32)
+    return context, context_valid, pred, target, target_valid
 
   def loss(self, params, aux, batch, rng, step):
-    del step  # the mask strategies of this objective do not depend on it yet
-    m, _, pred, target = self._forward(params, aux, batch, rng)
+    _, _, pred, target, valid = self._forward(params, aux, batch, rng, step)
     goal = losses.standardize(target, self.config.jepa.standardize_eps) \
         if self.config.jepa.standardize_targets else target
-    loss = losses.masked_mean(self.distance(pred.astype(jnp.float32), goal), m.target_valid)
+    loss = losses.masked_mean(self.distance(pred.astype(jnp.float32), goal), valid)
     return loss, ({"loss": loss}, {})
 
   def monitors(self, params, aux, batch, rng, step) -> dict:
     """Label-free collapse monitors of the target and context embeddings. Each costs an
     eigendecomposition, so the loop computes them on logging steps only."""
-    del step
-    m, context, _, target = self._forward(params, aux, batch, rng)
-    return {**monitors.collapse_monitors("target", target, m.target_valid),
-            **monitors.collapse_monitors("context", context, m.context_valid)}
+    context, context_valid, _, target, target_valid = self._forward(params, aux, batch, rng,
+                                                                     step)
+    return {**monitors.collapse_monitors("target", target, target_valid),
+            **monitors.collapse_monitors("context", context, context_valid)}
