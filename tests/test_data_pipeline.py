@@ -6,9 +6,15 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import soundfile as sf
 
+from data_pipelines import tfds_audio
 from data_pipelines.frontends import AUDIO_JEPA
-from data_pipelines.pipeline import apply_gain_db, train_dataset
+from data_pipelines.pipeline import (
+    audio_train_dataset,
+    mono_at_rate,
+    train_dataset,
+)
 from data_pipelines.shards import ShardSource, write_shards
 
 FRAMES = 32
@@ -102,7 +108,7 @@ def test_gain_in_the_log_domain_is_exactly_a_gain_on_the_waveform():
   wave[2000:3000] = 0.0  # digital silence stays silence
   for gain_db in (-6.0, 4.5):
     np.testing.assert_allclose(
-        apply_gain_db(AUDIO_JEPA.logmel(wave), gain_db, AUDIO_JEPA.log_eps),
+        AUDIO_JEPA.apply_gain_db(AUDIO_JEPA.logmel(wave), gain_db),
         AUDIO_JEPA.logmel(wave * 10 ** (gain_db / 20)), atol=1e-4)
 
 
@@ -116,7 +122,7 @@ def test_pipeline_gain_jitter(shard_dir):
       top = np.unravel_index(np.argmax(x), x.shape)
       eps = AUDIO_JEPA.log_eps
       gain_db = 10 * np.log10((np.exp(y[top]) - eps) / (np.exp(x[top]) - eps))
-      np.testing.assert_allclose(y, apply_gain_db(x, gain_db, eps), atol=1e-3)
+      np.testing.assert_allclose(y, AUDIO_JEPA.apply_gain_db(x, gain_db), atol=1e-3)
       gains.append(gain_db)
   assert max(np.abs(gains)) <= 6.0 + 1e-3 and np.std(gains) > 1.0
 
@@ -177,3 +183,107 @@ def test_bad_arguments(shard_dir):
   with pytest.raises(ValueError, match="unknown normalization 'batch'"):
     train_dataset(shard_dir, frames=FRAMES, global_batch_size=4, seed=0,
                   normalization="batch")
+
+
+# Raw audio read when training (a TFDS split): the same pipeline after the log-mel.
+
+
+@pytest.fixture(scope="module")
+def tfds_audio_source(tmp_path_factory):
+  rng = np.random.default_rng(5)
+  folder = tmp_path_factory.mktemp("tfds_pipeline") / "clips"
+  hop = AUDIO_JEPA.hop_length
+  for i, frames in enumerate((20, 40, 55, 70, 26, 90, 45, 60)):  # 20 and 26 < FRAMES
+    label = ("a", "b")[i % 2]
+    (folder / label).mkdir(parents=True, exist_ok=True)
+    samples = (frames - 1) * hop
+    wave = rng.uniform(-0.5, 0.5, (samples, 2) if i == 3 else samples)  # 3 is stereo
+    sf.write(folder / label / f"{i}.wav", wave, 16000, subtype="PCM_16")
+  # Stored at 8 kHz, so the pipeline resamples to the front end's 16 kHz when it reads.
+  name = tfds_audio.build_audio_folder(folder, folder.parent / "data", sample_rate=8000)
+  return tfds_audio.open_source(name, folder.parent / "data", "train")
+
+
+def _by_hand_logmel(source, index):
+  wave, rate, _ = source.load(index)
+  return AUDIO_JEPA.logmel(mono_at_rate(wave, rate, AUDIO_JEPA.sample_rate))
+
+
+def _audio_batches(source, count, **kwargs):
+  kwargs = {"frontend": "audio_jepa", "frames": FRAMES, "global_batch_size": 4, "seed": 0,
+            **kwargs}
+  return list(itertools.islice(iter(audio_train_dataset(source, **kwargs)), count))
+
+
+def test_mono_at_rate():
+  rng = np.random.default_rng(0)
+  stereo = rng.uniform(-1, 1, (800, 2)).astype(np.float32)
+  np.testing.assert_array_equal(mono_at_rate(stereo, 16000, 16000), stereo.mean(axis=1))
+  tone = np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32)
+  up = mono_at_rate(tone, 8000, 16000)
+  assert up.shape == (16000,) and up.dtype == np.float32
+  np.testing.assert_allclose(up[1000:-1000], np.sin(2 * np.pi * 440 * np.arange(16000)
+                                                    / 16000)[1000:-1000], atol=1e-3)
+  assert mono_at_rate(np.array([1.5, -2.0]), 16000, 16000).tolist() == [1.0, -1.0]
+
+
+def test_audio_pipeline_crops_the_log_mel_computed_by_hand(tfds_audio_source):
+  source = tfds_audio_source
+  mels = {i: _by_hand_logmel(source, i) for i in range(len(source))}
+  mean, std = AUDIO_JEPA.norm_mean, AUDIO_JEPA.norm_std
+  starts, seen = set(), set()
+  for batch in _audio_batches(source, 6):
+    for mel, index in zip(batch["mel"], batch["id"]):
+      clip = mels[int(index)]
+      if clip.shape[1] < FRAMES:
+        clip = np.pad(clip, ((0, 0), (0, FRAMES - clip.shape[1])),
+                      constant_values=AUDIO_JEPA.floor)
+      windows = [((clip[:, s:s + FRAMES] - mean) / std).astype(np.float32)
+                 for s in range(clip.shape[1] - FRAMES + 1)]
+      matches = [s for s, window in enumerate(windows) if np.array_equal(mel, window)]
+      assert len(matches) >= 1
+      starts.add(matches[0])
+      seen.add(int(index))
+  assert seen == set(range(len(source))) and len(starts) > 4
+
+
+def test_audio_pipeline_is_the_shard_pipeline_on_the_same_log_mels(tfds_audio_source,
+                                                                     tmp_path):
+  # Shards of the same log-mels, written in source order with id = index: same shuffle,
+  # crops, gains and host rows; values differ only by the shards' float16 storage.
+  source = tfds_audio_source
+  shards = tmp_path / "shards"
+  write_shards(shards, [(i, _by_hand_logmel(source, i), {}) for i in range(len(source))],
+               AUDIO_JEPA, source="test", label_maps={})
+  kwargs = {"global_batch_size": 4, "seed": 7, "gain_jitter_db": 4.0,
+            "normalization": "recipe"}
+  for host in ({}, {"process_index": 1, "process_count": 2}):
+    from_audio = _audio_batches(source, 6, **kwargs, **host)
+    from_shards = _batches(shards, 6, **kwargs, **host)
+    for a, b in zip(from_audio, from_shards):
+      np.testing.assert_array_equal(a["id"], b["id"])
+      np.testing.assert_allclose(a["mel"], b["mel"], atol=3e-3)
+
+
+def test_audio_pipeline_errors(tfds_audio_source):
+  with pytest.raises(ValueError, match="normalization 'dataset' needs the statistics"):
+    _audio_batches(tfds_audio_source, 1, normalization="dataset")
+  with pytest.raises(ValueError, match="Unknown front end 'mfcc'"):
+    _audio_batches(tfds_audio_source, 1, frontend="mfcc")
+  with pytest.raises(ValueError, match="multiple of process_count 3"):
+    _audio_batches(tfds_audio_source, 1, process_count=3)
+
+
+def test_worker_processes_give_the_same_batches(shard_dir):
+  # Restoring a worker iterator from its state gives the same batches too (a test of it
+  # passed) but restarts the workers one after the other, 10-20 s: too slow for this file.
+  kwargs = {"gain_jitter_db": 3.0, "seed": 3}
+  _assert_same(_batches(shard_dir, 7, worker_count=2, **kwargs), _batches(shard_dir, 7, **kwargs))
+
+
+def test_audio_pipeline_in_worker_processes(tfds_audio_source):
+  # The TFDS source goes to the worker pickled as its name, data_dir and split, and reopens
+  # the files there. One worker: the interleaving of several is tested on shards above.
+  kwargs = {"gain_jitter_db": 3.0, "seed": 11}
+  _assert_same(_audio_batches(tfds_audio_source, 4, worker_count=1, **kwargs),
+               _audio_batches(tfds_audio_source, 4, **kwargs))

@@ -4,9 +4,10 @@ import json
 import grain
 import numpy as np
 import pytest
+from array_record.python.array_record_data_source import ArrayRecordDataSource
 
 from data_pipelines.frontends import AUDIO_JEPA
-from data_pipelines.shards import ShardSource, read_metadata, write_shards
+from data_pipelines.shards import Moments, PartWriter, ShardSource, read_metadata, write_shards
 
 LABEL_MAPS = {"colour": ["red", "green", "blue"]}
 
@@ -82,3 +83,32 @@ def test_metadata_errors_name_the_directory(tmp_path):
   (tmp_path / "metadata.json").write_text(json.dumps({"version": 1}))
   with pytest.raises(ValueError, match="lacks frontend"):
     ShardSource(tmp_path)
+
+
+def test_moments_merge_like_one_pass():
+  rng = np.random.default_rng(1)
+  chunks = [rng.normal(-7, 4, (80, n)).astype(np.float16) for n in (5, 50, 13)]
+  parts = []
+  for chunk in chunks:
+    m = Moments()
+    m.add(chunk)
+    parts.append(Moments.from_dict(json.loads(json.dumps(m.to_dict()))))
+  merged = Moments()
+  for m in parts:
+    merged.merge(m)
+  values = np.concatenate([c.astype(np.float64).ravel() for c in chunks])
+  assert merged.count == values.size
+  mean, std = merged.mean_std()
+  assert mean == pytest.approx(values.mean(), rel=1e-12)
+  assert std == pytest.approx(values.std(), rel=1e-9)
+
+
+def test_part_writer_bounds_file_sizes(tmp_path):
+  records = [bytes([i]) * size for i, size in enumerate([300, 300, 300, 1000, 10])]
+  with PartWriter(lambda i: tmp_path / f"p{i}.ar", max_shard_bytes=700) as writer:
+    for record in records:
+      writer.write(record)
+  # 300 + 300 fit in 700; the third starts a file; 1000 exceeds the bound alone.
+  assert [p.name for p in writer.parts] == ["p0.ar", "p1.ar", "p2.ar", "p3.ar"]
+  contents = [[bytes(r) for r in ArrayRecordDataSource([str(p)])] for p in writer.parts]
+  assert contents == [records[:2], records[2:3], records[3:4], records[4:]]
