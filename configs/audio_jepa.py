@@ -6,6 +6,7 @@
                                      batch 2048, 300 epochs (20 warmup), AdamW (0.9, 0.95),
                                      lr 3e-4 x batch / 256, wd 0.05, clip 3.0 (= M2D).
     configs/audio_jepa.py:d=3.2      training crop of 3.2 s (320 frames); also d=6.4.
+    configs/audio_jepa.py:size=vit_l encoder size: vit_s, vit_b (default), vit_l.
     configs/audio_jepa.py:demo       sized for a laptop CPU on the embedded corpus.
 
 Variants combine: `configs/audio_jepa.py:demo,d=3.2`.
@@ -17,31 +18,18 @@ from jepa_jax import config_lib, masks
 FRAMES_PER_SECOND = 100  # 10 ms hop
 
 
-def frames_for(seconds: float, patch_size: int = 16) -> int:
+def frames_for(seconds: float, patch_frames: int = 16) -> int:
   """Crop length in frames, rounded to whole patches (2.1 s -> 208, 3.2 -> 320, 6.4 -> 640)."""
-  return max(1, round(seconds * FRAMES_PER_SECOND / patch_size)) * patch_size
+  return max(1, round(seconds * FRAMES_PER_SECOND / patch_frames)) * patch_frames
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, names={"demo"}, values={"d": float})
-  c = ml_collections.ConfigDict()
-  c.objective = "jepa"
-  c.seed = 0
-
-  c.data = ml_collections.ConfigDict()
-  c.data.dir = ""                  # prepared mel shards; "" = the embedded synthetic corpus
-  c.data.frontend = "audio_jepa"   # 80 mels, 25 ms / 10 ms, 50-8000 Hz, ln(power + eps)
-  c.data.frames = frames_for(variant.get("d", 2.1))
-  c.data.normalization = "dataset"  # mean/std measured on the shards ('recipe': -7.06 / 4.20)
-  c.data.gain_jitter_db = 0.0
-  c.data.worker_count = 0
-  c.data.synthetic = ml_collections.ConfigDict(
-      dict(num_pretrain=3000, num_probe=1200, seed=0))
-
-  c.model = ml_collections.ConfigDict(dict(  # ViT-B/16
-      patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072,
-      dtype="float32", attention_impl=""))
-  c.predictor = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16, mlp_dim=2048))
+  variant = config_lib.parse_variant(arg, names={"demo"}, values={"d": float, "size": str})
+  # 80 mels, 25 ms / 10 ms, 50-8000 Hz, ln(power + eps); 'recipe' normalisation: -7.06 / 4.20
+  c = config_lib.base_config("jepa", "audio_jepa", frames_for(variant.get("d", 2.1)))
+  config_lib.set_encoder_size(c, variant.get("size", "vit_b"))
+  # Queries only: context + one mask token per target slot, global attention.
+  c.predictor = config_lib.head_config("audio_jepa", layout="queries")
 
   # Table 3: mask.strategy in {unstructured, multi_block, time} x jepa.target_domain in
   # {audio, latent}; each strategy's parameters are the papers' (jepa_jax/masks.py).
@@ -53,21 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       standardize_targets=True,      # per-token standardisation as in the released code
       standardize_eps=1e-6))
   c.ema = ml_collections.ConfigDict(dict(tau_start=0.99995, tau_end=0.99999))
-
-  c.optim = ml_collections.ConfigDict(dict(
-      base_lr=3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_norm=3.0,
-      warmup_epochs=20.0, end_lr_ratio=0.0))
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=2048, epochs=300.0, log_every=100, checkpoint_every=2000,
-      keep_checkpoints=3))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  c.sharding_rules = (
-      ("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "model"),
-      ("heads", "model"), ("kv", None), ("length", None), ("patch", None))
-
-  # Linear probe after training (EVAR protocol) on the embedded corpus's held-out tasks.
-  c.probe = ml_collections.ConfigDict(dict(
-      seeds=3, lr=1e-3, max_epochs=200, patience=20, batch_size=128, chunk_batch=64))
+  c.optim.update(base_lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.05, clip_norm=3.0,
+                 warmup_epochs=20.0, end_lr_ratio=0.0)
+  c.train.update(batch_size=2048, epochs=300.0, log_every=100, checkpoint_every=2000)
 
   if variant.get("demo"):
     # About 9 minutes on 2 CPU cores: ViT-6/192, 1,200 steps of batch 32. On this budget

@@ -31,6 +31,82 @@ def parse_variant(arg: str | None, names: set[str], values: dict[str, type]) -> 
   return out
 
 
+# Encoder shapes (SPEC section 3): width, depth, heads, MLP width.
+ENCODER_SIZES = {
+    "vit_s": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "vit_b": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "vit_l": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "dasheng_0.6b": dict(width=1280, depth=32, num_heads=16, mlp_dim=5120),
+    "dasheng_1.2b": dict(width=1536, depth=40, num_heads=24, mlp_dim=6144),
+}
+# Deep encoders compile one scanned block instead of 24-40 unrolled ones.
+SCANNED_SIZES = ("vit_l", "dasheng_0.6b", "dasheng_1.2b")
+# Predictor / decoder shapes (SPEC section 3).
+HEAD_SIZES = {
+    "audio_jepa": dict(width=512, depth=8, num_heads=16, mlp_dim=2048),
+    "ajepa": dict(width=512, depth=16, num_heads=16, mlp_dim=2048),
+    "dec_25m": dict(width=512, depth=8, num_heads=16, mlp_dim=2048),
+    "dec_56m": dict(width=768, depth=8, num_heads=24, mlp_dim=3072),
+    "audiomae": dict(width=512, depth=16, num_heads=16, mlp_dim=2048),
+}
+
+
+def base_config(objective: str, frontend: str, frames: int) -> ml_collections.ConfigDict:
+  """The fields every recipe has, with ViT-B/16 and neutral defaults; a recipe file
+  overrides what its paper sets."""
+  c = ml_collections.ConfigDict()
+  c.objective = objective
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      dir="",                  # prepared mel shards; "" = the embedded synthetic corpus
+      frontend=frontend, frames=frames,
+      normalization="dataset",  # mean/std measured on the shards; 'recipe': its constants
+      gain_jitter_db=0.0, worker_count=0))
+  c.data.synthetic = ml_collections.ConfigDict(dict(num_pretrain=3000, num_probe=1200, seed=0))
+  c.model = ml_collections.ConfigDict(dict(
+      patch_shape=(16, 16), positions="sincos", dtype="float32", attention_impl="",
+      scan_layers=False,  # one nn.scan over the blocks (params stacked on a 'layers' axis)
+      remat="none",       # vit.REMAT: recompute block activations in the backward pass
+      **ENCODER_SIZES["vit_b"]))
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_norm=0.0,
+      warmup_epochs=1.0, end_lr_ratio=0.0,
+      layer_decay=1.0,    # encoder layer i's lr x layer_decay ** (L + 1 - i); 1 = off
+      frozen_layers=0))   # encoder layers 0 (embedding) .. frozen_layers - 1 stay fixed
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=256, epochs=100.0, log_every=100, checkpoint_every=2000, keep_checkpoints=3))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  c.sharding_rules = (
+      ("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "model"),
+      ("heads", "model"), ("kv", None), ("length", None), ("patch", None),
+      ("layers", None))   # the stacked axis of scanned blocks stays whole on every device
+  # Linear probe after training (EVAR protocol) on the embedded corpus's held-out tasks.
+  c.probe = ml_collections.ConfigDict(dict(
+      seeds=3, lr=1e-3, max_epochs=200, patience=20, batch_size=128, chunk_batch=64))
+  return c
+
+
+def set_encoder_size(c: ml_collections.ConfigDict, size: str) -> None:
+  if size not in ENCODER_SIZES:
+    raise ConfigError(f"unknown encoder size {size!r}; known: {sorted(ENCODER_SIZES)}")
+  c.model.update(ENCODER_SIZES[size])
+  c.model.scan_layers = size in SCANNED_SIZES
+
+
+def head_config(size: str | dict, layout: str, attention: str = "global",
+                window: tuple[int, int] = (4, 4), shift: tuple[int, int] = (0, 2),
+                positions: str = "sincos") -> ml_collections.ConfigDict:
+  """A predictor / decoder section. `layout`: 'queries' (context + a mask token per
+  target) or 'full_grid' (context restored on the grid, mask tokens elsewhere);
+  `attention` 'global' or 'local' (windows of (freq, time) tokens, shifted by `shift`
+  on odd blocks)."""
+  shape = HEAD_SIZES[size] if isinstance(size, str) else size
+  return ml_collections.ConfigDict(dict(
+      layout=layout, attention=attention, window=dict(freq=window[0], time=window[1]),
+      shift=dict(freq=shift[0], time=shift[1]), positions=positions,
+      scan_layers=False, remat="none", **shape))
+
+
 def _check(errors: list[str], ok: bool, message: str) -> None:
   if not ok:
     errors.append(message)
@@ -46,7 +122,7 @@ def _positive(errors, config, section: str, *names):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError listing every invalid field of the config."""
   from data_pipelines import frontends
-  from jepa_jax import masks, models, objectives
+  from jepa_jax import masks, models, objectives, vit
 
   e: list[str] = []
   _check(e, config.objective in objectives.OBJECTIVES,
@@ -54,31 +130,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
   d = config.data
   _check(e, d.frontend in frontends.FRONTENDS,
          f"data.frontend {d.frontend!r} unknown; known: {sorted(frontends.FRONTENDS)}")
-  _check(e, d.frames > 0 and d.frames % config.model.patch_size == 0,
-         f"data.frames must be a positive multiple of model.patch_size "
-         f"({config.model.patch_size}), got {d.frames}")
+  patch_shape = tuple(config.model.patch_shape)
+  _check(e, len(patch_shape) == 2 and min(patch_shape) > 0,
+         f"model.patch_shape must be (mel bins, frames) > 0, got {patch_shape}")
+  patch_frames = patch_shape[-1] if patch_shape else 1
+  _check(e, d.frames > 0 and d.frames % patch_frames == 0,
+         f"data.frames must be a positive multiple of the patch's {patch_frames} frames "
+         f"(model.patch_shape {patch_shape}), got {d.frames}")
   _check(e, d.normalization in ("dataset", "recipe"),
          f"data.normalization must be 'dataset' or 'recipe', got {d.normalization!r}")
   _check(e, d.gain_jitter_db >= 0, f"data.gain_jitter_db must be >= 0, got {d.gain_jitter_db}")
   _check(e, d.worker_count >= 0, f"data.worker_count must be >= 0, got {d.worker_count}")
   _positive(e, config, "data.synthetic", "num_pretrain", "num_probe")
 
-  for section in ("model", "predictor"):
+  for section in ("model", "predictor", "decoder"):
+    if section not in config:
+      continue
     m = config[section]
     _positive(e, config, section, "width", "depth", "num_heads", "mlp_dim")
     _check(e, m.num_heads > 0 and m.width % m.num_heads == 0,
            f"{section}.width {m.width} must be divisible by {section}.num_heads {m.num_heads}")
     _check(e, m.width % 4 == 0, f"{section}.width must be a multiple of 4 (2-D sin-cos), "
            f"got {m.width}")
+    e.extend(models.stack_errors(config, section))
   _check(e, config.model.dtype in models.DTYPES,
          f"model.dtype {config.model.dtype!r} unknown; known: {sorted(models.DTYPES)}")
   _check(e, config.model.attention_impl in ("", "xla", "cudnn"),
          f"model.attention_impl must be '', 'xla' or 'cudnn', got {config.model.attention_impl!r}")
 
-  grid_ok = d.frames > 0 and d.frames % config.model.patch_size == 0 \
+  grid_ok = len(patch_shape) == 2 and min(patch_shape) > 0 and d.frames > 0 \
       and d.frontend in frontends.FRONTENDS
   if grid_ok:
-    e.extend(masks.config_errors(config.mask, models.grid(config)))
+    try:
+      e.extend(masks.config_errors(config.mask, models.grid(config)))
+    except ValueError as err:  # mels or frames not divisible into patches
+      e.append(str(err))
+  _check(e, config.model.positions in vit.POSITIONS,
+         f"model.positions must be one of {vit.POSITIONS}, got {config.model.positions!r}")
 
   o = config.optim
   _positive(e, config, "optim", "base_lr", "eps")
@@ -86,6 +174,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(e, o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
   _check(e, o.clip_norm >= 0, f"optim.clip_norm must be >= 0 (0 = off), got {o.clip_norm}")
   _check(e, 0 <= o.end_lr_ratio <= 1, f"optim.end_lr_ratio must be in [0, 1], got {o.end_lr_ratio}")
+  layer_decay, frozen = o.get("layer_decay", 1.0), o.get("frozen_layers", 0)
+  _check(e, 0 < layer_decay <= 1, f"optim.layer_decay must be in (0, 1] (1 = off), got "
+         f"{layer_decay}")
+  top = config.model.depth + 2  # embedding, blocks, final norm
+  _check(e, isinstance(frozen, int) and 0 <= frozen <= top,
+         f"optim.frozen_layers must be an integer in [0, {top}] (layers 0 = embedding, "
+         f"1..{top - 2} = blocks, {top - 1} = final norm; 0 = none frozen), got {frozen!r}")
   t = config.train
   _positive(e, config, "train", "batch_size", "epochs", "log_every", "checkpoint_every",
             "keep_checkpoints")
@@ -105,7 +200,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # Fields that may change when a run resumes: they do not change what is computed.
 RESUME_FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-               "data.worker_count", "mesh", "probe")
+               "data.worker_count", "mesh", "probe",
+               "model.remat", "predictor.remat", "decoder.remat")  # memory, not values
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

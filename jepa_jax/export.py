@@ -51,6 +51,10 @@ def load_encoder(export_dir: Path):
   config = load_config(export_dir)
   encoder = models.build_encoder(config)
   abstract = jax.eval_shape(lambda: nn.unbox(models.init_encoder(encoder, jax.random.key(0))))
+  # Restore onto this process's first device, whatever mesh the export was written from.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
   params = ocp.StandardCheckpointer().restore(export_dir / "encoder", abstract)
   frontend_meta = json.loads((export_dir / "frontend.json").read_text())
   return config, encoder, params, frontend_meta

@@ -15,9 +15,10 @@ from jepa_jax import patches as patches_lib
 from jepa_jax import vit
 
 
-def chunk(mels: list[np.ndarray], frames: int, patch_size: int, pad_value: float):
+def chunk(mels: list[np.ndarray], frames: int, patch_frames: int, pad_value):
   """Split each (n_mels, T) clip into chunks of `frames`.
 
+  `pad_value`: a scalar or one value per mel bin, (n_mels, 1).
   Returns chunks (C, n_mels, frames), owner clip of each chunk (C,), and the number of
   time patches of each chunk that contain real frames (C,).
   """
@@ -30,14 +31,14 @@ def chunk(mels: list[np.ndarray], frames: int, patch_size: int, pad_value: float
     for j in range(n):
       chunks.append(padded[:, j * frames:(j + 1) * frames])
       owner.append(i)
-      cols.append(math.ceil(max(min(frames, total - j * frames), 1) / patch_size))
+      cols.append(math.ceil(max(min(frames, total - j * frames), 1) / patch_frames))
   return np.stack(chunks), np.asarray(owner), np.asarray(cols)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _chunk_sums(encoder: vit.Encoder, params, chunks, cols):
   """Per chunk: sum over its real time steps of the concatenated frequency tokens."""
-  tokens = encoder.apply({"params": params}, patches_lib.patchify(chunks, encoder.patch_size))
+  tokens = encoder.apply({"params": params}, patches_lib.patchify(chunks, encoder.patch_shape))
   gf, gt = encoder.grid
   z = tokens.reshape(chunks.shape[0], gf, gt, -1).transpose(0, 2, 1, 3)
   z = z.reshape(chunks.shape[0], gt, -1).astype(jnp.float32)  # (C, time, freq * width)
@@ -46,9 +47,9 @@ def _chunk_sums(encoder: vit.Encoder, params, chunks, cols):
 
 
 def clip_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames: int,
-                    pad_value: float, batch_size: int = 64) -> np.ndarray:
+                    pad_value, batch_size: int = 64) -> np.ndarray:
   """(num clips, freq patches * width) embeddings; one compiled shape for all clips."""
-  chunks, owner, cols = chunk(mels, frames, encoder.patch_size, pad_value)
+  chunks, owner, cols = chunk(mels, frames, encoder.patch_shape[1], pad_value)
   sums = np.zeros((len(mels), encoder.grid[0] * encoder.width), np.float64)
   counts = np.zeros(len(mels), np.float64)
   for start in range(0, len(chunks), batch_size):

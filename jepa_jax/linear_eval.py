@@ -17,19 +17,33 @@ from data_pipelines import tasks as tasks_lib
 from jepa_jax import features, probe
 
 
+def normalize(features: np.ndarray, frontend_meta: dict) -> np.ndarray:
+  """(n_mels, T) front-end features -> the encoder's input, as in training: the scalar
+  normalisation, then the learned per-mel-bin input transform if the export has one."""
+  stats = frontend_meta["normalization"]
+  x = (np.asarray(features, np.float64) - stats["mean"]) / stats["std"]
+  if "input_norm" in frontend_meta:
+    t = frontend_meta["input_norm"]
+    x = x * np.asarray(t["scale"])[:, None] + np.asarray(t["shift"])[:, None]
+  return x.astype(np.float32)
+
+
 def load_mels(paths: list[Path], frontend_meta: dict) -> list[np.ndarray]:
-  """Normalised log-mel of each file, as the encoder saw in training."""
+  """The encoder input of each file, as the encoder saw it in training."""
   frontend = frontends.get_frontend(frontend_meta["frontend"]["name"])
-  stats = frontend_meta["normalization"]
-  return [(frontend.logmel(audio_io.load_audio(p, frontend.sample_rate)) - stats["mean"])
-          / stats["std"] for p in paths]
+  return [normalize(frontend.logmel(audio_io.load_audio(p, frontend.sample_rate)),
+                    frontend_meta) for p in paths]
 
 
-def pad_value(frontend_meta: dict) -> float:
-  """Digital silence after normalisation: what short clips are padded with."""
-  frontend = frontends.get_frontend(frontend_meta["frontend"]["name"])
-  stats = frontend_meta["normalization"]
-  return (frontend.floor - stats["mean"]) / stats["std"]
+def pad_value(frontend_meta: dict) -> np.ndarray:
+  """(n_mels, 1): the recipe's floor as encoder input, what short clips are padded with.
+
+  The floor is the feature value of digital silence for the ln recipes; for dasheng's dB
+  it is the amin floor, at or below a clip's own silence (max - top_db when top_db binds,
+  `FrontEnd.pad_value(mel)`), so padding is never louder than the clip's quietest value.
+  """
+  frontend = frontends.get_frontend(frontend_meta["frontend"]["name"])  # as load_mels
+  return normalize(np.full((frontend.n_mels, 1), frontend.floor), frontend_meta)
 
 
 def _holdout(idx: np.ndarray, rng: np.random.Generator, fraction: float = 0.1):

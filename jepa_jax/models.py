@@ -5,6 +5,8 @@ import ml_collections
 from jepa_jax import patches, predictor, vit
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION = ("global", "local")
+PREDICTOR_LAYOUTS = ("queries", "full_grid")
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -13,31 +15,95 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return frontends.get_frontend(config.data.frontend).n_mels, config.data.frames
 
 
+def patch_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  return tuple(config.model.patch_shape)
+
+
 def grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  return patches.patch_grid(input_shape(config), config.model.patch_size)
+  return patches.patch_grid(input_shape(config), patch_shape(config))
 
 
 def _attention_impl(model: ml_collections.ConfigDict) -> str | None:
   return model.attention_impl or None
 
 
+def stack_options(section: ml_collections.ConfigDict) -> dict:
+  """Layer scanning and remat of a model / predictor / decoder section (configs saved
+  before these fields existed build unscanned stacks without remat)."""
+  return dict(scan=section.get("scan_layers", False), remat=section.get("remat", "none"))
+
+
+def stack_errors(config: ml_collections.ConfigDict, section: str) -> list[str]:
+  """Errors of a section's scan_layers and remat fields."""
+  s = config[section]
+  options, errors = stack_options(s), []
+  if not isinstance(options["scan"], bool):
+    errors.append(f"{section}.scan_layers must be True or False, got {options['scan']!r}")
+  if options["remat"] not in vit.REMAT:
+    errors.append(f"{section}.remat must be one of {vit.REMAT}, got {options['remat']!r}")
+  if options["scan"] is True and section != "model" and s.attention == "local":
+    try:
+      period = vit.scan_period(windows(s, grid(config)))
+    except ValueError:
+      period = 1  # bad windows are reported by head_config_errors
+    if s.depth % period:
+      errors.append(f"{section}.scan_layers scans shifted-window blocks in (unshifted, shifted) "
+                    f"pairs: {section}.depth must be even, got {s.depth}")
+  return errors
+
+
 def build_encoder(config: ml_collections.ConfigDict) -> vit.Encoder:
   m = config.model
-  return vit.Encoder(grid=grid(config), patch_size=m.patch_size, width=m.width,
+  return vit.Encoder(grid=grid(config), patch_shape=patch_shape(config), width=m.width,
                      depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-                     dtype=DTYPES[m.dtype], attention_impl=_attention_impl(m))
+                     dtype=DTYPES[m.dtype], attention_impl=_attention_impl(m),
+                     positions=m.positions, **stack_options(m))
 
 
-def build_predictor(config: ml_collections.ConfigDict) -> predictor.Predictor:
-  p = config.predictor
+def windows(head: ml_collections.ConfigDict, token_grid: tuple[int, int]) -> vit.Windows | None:
+  """The local-attention windows of a predictor / decoder section, or None (global)."""
+  if head.attention == "global":
+    return None
+  return vit.Windows(token_grid, (head.window.freq, head.window.time),
+                     (head.shift.freq, head.shift.time))
+
+
+def build_predictor(config: ml_collections.ConfigDict, section: str = "predictor",
+                    out_dim: int | None = None) -> predictor.Predictor:
+  """The JEPA predictor (out_dim = encoder width) or, with section='decoder' and the
+  patch size as out_dim, the MAE decoder: one module, two uses."""
+  p = config[section]
+  token_grid = grid(config)
   return predictor.Predictor(
-      grid=grid(config), width=p.width, depth=p.depth, num_heads=p.num_heads,
-      mlp_dim=p.mlp_dim, out_dim=config.model.width, dtype=DTYPES[config.model.dtype],
-      attention_impl=_attention_impl(config.model))
+      grid=token_grid, width=p.width, depth=p.depth, num_heads=p.num_heads,
+      mlp_dim=p.mlp_dim, out_dim=config.model.width if out_dim is None else out_dim,
+      dtype=DTYPES[config.model.dtype], attention_impl=_attention_impl(config.model),
+      full_grid=p.layout == "full_grid", windows=windows(p, token_grid),
+      positions=p.positions, **stack_options(p))
 
+
+def head_config_errors(config: ml_collections.ConfigDict, section: str) -> list[str]:
+  """Errors of a predictor / decoder section's attention and layout fields."""
+  p = config[section]
+  errors = []
+  if p.layout not in PREDICTOR_LAYOUTS:
+    errors.append(f"{section}.layout must be one of {PREDICTOR_LAYOUTS}, got {p.layout!r}")
+  if p.attention not in ATTENTION:
+    errors.append(f"{section}.attention must be one of {ATTENTION}, got {p.attention!r}")
+  if p.positions not in vit.POSITIONS:
+    errors.append(f"{section}.positions must be one of {vit.POSITIONS}, got {p.positions!r}")
+  if p.attention == "local":
+    if p.layout != "full_grid":
+      errors.append(f"{section}.attention 'local' needs {section}.layout 'full_grid'")
+    try:
+      windows(p, grid(config))
+    except ValueError as err:
+      errors.append(f"{section}: {err}")
+  return errors
 
 
 def init_encoder(encoder: vit.Encoder, rng) -> dict:
   """Logically boxed parameters of a fresh `encoder`."""
   n = encoder.grid[0] * encoder.grid[1]
-  return encoder.init(rng, jnp.zeros((1, n, encoder.patch_size ** 2), jnp.float32))["params"]
+  pf, pt = encoder.patch_shape
+  return encoder.init(rng, jnp.zeros((1, n, pf * pt), jnp.float32))["params"]

@@ -1,10 +1,11 @@
 """Optimizer: global-norm clipping, AdamW with a weight-decay mask, warmup + cosine,
+optional per-layer factors of the encoder (layer-wise lr decay, frozen bottom layers),
 then (for objectives with a target network) the EMA target transformation."""
 import jax
 import ml_collections
 import optax
 
-from jepa_jax import ema
+from jepa_jax import ema, layerwise
 
 
 def peak_learning_rate(base_lr: float, batch_size: int) -> float:
@@ -37,14 +38,22 @@ def weight_decay_mask(params):
 
 def make_optimizer(optim: ml_collections.ConfigDict, ema_config: ml_collections.ConfigDict | None,
                    batch_size: int, total_steps: int, warmup_steps: int,
-                   ema_subtree: str | None):
-  """Returns (optax chain, {metric name: schedule}) for the train loop to log."""
+                   ema_subtree: str | None, encoder_subtree: str | None = "encoder"):
+  """Returns (optax chain, {metric name: schedule}) for the train loop to log.
+
+  `optim.layer_decay` (1 = off) and `optim.frozen_layers` (0 = off) act on the layers of
+  the encoder at params[encoder_subtree] (None: the params are the encoder); see
+  layerwise.py for the layer numbering.
+  """
   lr = learning_rate_schedule(optim, batch_size, total_steps, warmup_steps)
-  parts = []
+  before, after = layerwise.transformations(optim.get("layer_decay", 1.0),
+                                            optim.get("frozen_layers", 0), encoder_subtree)
+  parts = list(before)  # frozen layers' gradients are zeroed before clipping sees them
   if optim.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(optim.clip_norm))
   parts.append(optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
                            weight_decay=optim.weight_decay, mask=weight_decay_mask))
+  parts.extend(after)  # after AdamW, so weight decay never reaches a frozen parameter
   schedules = {"lr": lr}
   if ema_subtree is not None:
     tau = ema.linear_momentum(ema_config.tau_start, ema_config.tau_end, total_steps)

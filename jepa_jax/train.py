@@ -242,8 +242,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   writer.close()
   finished = int(state["step"])
   if finished == total_steps:
+    frontend_meta = datasets.frontend_metadata(config, data)
+    transform = objective.input_transform(state["params"], state["aux"])
+    if transform is not None:
+      frontend_meta["input_norm"] = transform
     export.export_encoder(workdir / "export", config, objective.encoder_params(state["params"]),
-                          datasets.frontend_metadata(config, data))
+                          frontend_meta)
   ckpt.close()
   return TrainResult(finished, total_steps, finished < total_steps,
                      {k: float(v) for k, v in last_metrics.items()}, timings)

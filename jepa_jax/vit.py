@@ -4,12 +4,17 @@ Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'kv', 'patc
 mesh.py maps them to mesh axes by the rules in the config, so model code never names
 a device axis. Attention goes through `jax.nn.dot_product_attention` with an optional
 key mask: padded tokens, block masks and regularised masking all switch keys off.
+Attention is global, or local to windows of the (frequency, time) token grid with
+Swin-style cyclic shifts on alternate blocks (A-JEPA predictor, AudioMAE decoder).
 """
+import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jepa_jax import positions
 
@@ -64,11 +69,65 @@ class Projection(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class Windows:
+  """Local attention over a (frequency, time) token grid in frequency-major order:
+  non-overlapping `size` windows, after a cyclic shift of the grid by `shift` tokens
+  towards the origin (Swin); tokens that wrapped across an edge never attend to the
+  ones they were not next to."""
+  grid: tuple[int, int]
+  size: tuple[int, int]
+  shift: tuple[int, int] = (0, 0)
+
+  def __post_init__(self):
+    for axis, g, w, s in zip(("frequency", "time"), self.grid, self.size, self.shift):
+      if w < 1 or g % w:
+        raise ValueError(f"attention window {self.size} does not tile the {axis} axis of the "
+                         f"token grid {self.grid}; pick a window side dividing {g}")
+      if not 0 <= s < w:
+        raise ValueError(f"window shift {self.shift} must be in [0, window) = [0, {w}) on the "
+                         f"{axis} axis")
+
+  @property
+  def count(self) -> int:
+    return (self.grid[0] // self.size[0]) * (self.grid[1] // self.size[1])
+
+  def partition(self, x: jnp.ndarray) -> jnp.ndarray:
+    """(B, F*T, ...) tokens -> (B * windows, window tokens, ...), windows row-major.
+    NumPy in, NumPy out (for the static mask); jax arrays otherwise."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    (gf, gt), (wf, wt) = self.grid, self.size
+    b, rest = x.shape[0], x.shape[2:]
+    x = xp.roll(x.reshape(b, gf, gt, *rest), (-self.shift[0], -self.shift[1]), axis=(1, 2))
+    x = x.reshape(b, gf // wf, wf, gt // wt, wt, *rest).swapaxes(2, 3)
+    return x.reshape(b * self.count, wf * wt, *rest)
+
+  def merge(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Inverse of `partition`."""
+    (gf, gt), (wf, wt) = self.grid, self.size
+    rest = x.shape[2:]
+    x = x.reshape(-1, gf // wf, gt // wt, wf, wt, *rest).swapaxes(2, 3)
+    x = jnp.roll(x.reshape(-1, gf, gt, *rest), self.shift, axis=(1, 2))
+    return x.reshape(-1, gf * gt, *rest)
+
+  @functools.cached_property
+  def region_mask(self) -> np.ndarray:
+    """(windows, w, w) bool: query and key were neighbours before the cyclic shift, i.e.
+    both or neither wrapped across each edge (Swin's shifted-window attention mask)."""
+    f, t = np.meshgrid(np.arange(self.grid[0]), np.arange(self.grid[1]), indexing="ij")
+    # After rolling by -shift, positions >= size - shift hold the tokens that wrapped.
+    region = (f >= self.grid[0] - self.shift[0]) * 2 + (t >= self.grid[1] - self.shift[1])
+    region = self.partition(region.reshape(1, -1))
+    return region[:, :, None] == region[:, None, :]
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention; `key_mask` (B, S) bool switches keys off."""
+  """Multi-head self-attention, global or within `windows`; `key_mask` (B, S) bool
+  switches keys off."""
   num_heads: int
   dtype: Dtype = jnp.float32
   implementation: str | None = None  # None lets jax choose; 'xla' or 'cudnn'
+  windows: Windows | None = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -80,9 +139,22 @@ class Attention(nn.Module):
     # as the reference Linear(width, 3 * width).
     qkv = Projection((3, self.num_heads, head_dim), ("embed",), (None, "heads", "kv"),
                      self.dtype, name="qkv")(x)
+    if self.windows is None:
+      mask = None if key_mask is None else key_mask[:, None, None, :]
+    else:
+      w = self.windows
+      if x.shape[1] != w.grid[0] * w.grid[1]:
+        raise ValueError(f"windowed attention needs the whole {w.grid} token grid, got "
+                         f"{x.shape[1]} tokens")
+      qkv = w.partition(qkv)
+      mask = jnp.tile(jnp.asarray(w.region_mask), (x.shape[0], 1, 1))
+      if key_mask is not None:
+        mask = mask & w.partition(key_mask)[:, None, :]
+      mask = mask[:, None]  # (B * windows, heads, queries, keys)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    mask = None if key_mask is None else key_mask[:, None, None, :]
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+    if self.windows is not None:
+      out = self.windows.merge(out)
     return Projection((width,), ("heads", "kv"), ("embed",), self.dtype, name="out")(out)
 
 
@@ -104,56 +176,209 @@ class Block(nn.Module):
   mlp_dim: int
   dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  windows: Windows | None = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    y = Attention(self.num_heads, self.dtype, self.attention_impl, name="attn")(
+    y = Attention(self.num_heads, self.dtype, self.attention_impl, self.windows, name="attn")(
         layer_norm("norm1")(x), key_mask)
     x = x + y
     x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("norm2")(x))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+# What the backward pass keeps of each block: 'none' keeps every activation (no remat),
+# 'full' recomputes the whole block, the others are jax.checkpoint_policies by name (keep
+# the matrix products' results, recompute the rest).
+REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+LAYER_AXIS = "layers"  # logical name of the stacked axis of scanned parameters
+
+
+def checkpointed(module_class: type[nn.Module], remat: str, in_scan: bool) -> type[nn.Module]:
+  """`module_class` under nn.remat with the `remat` policy; unchanged for 'none'."""
+  if remat not in REMAT:
+    raise ValueError(f"unknown remat {remat!r}; known: {', '.join(REMAT)}")
+  if remat == "none":
+    return module_class
+  policy = None if remat == "full" else getattr(jax.checkpoint_policies, remat)
+  # A scan loop already keeps XLA from merging the recomputation into the forward pass;
+  # prevent_cse would only block optimisations there.
+  return nn.remat(module_class, policy=policy, prevent_cse=not in_scan)
+
+
+def block_windows(windows: Windows | None, index: int) -> Windows | None:
+  """Windows of block `index`: unshifted on even blocks, shifted on odd ones (Swin)."""
+  if windows is None or index % 2:
+    return windows
+  return dataclasses.replace(windows, shift=(0, 0))
+
+
+def scan_period(windows: Windows | None) -> int:
+  """Blocks per scan step: 2 (an unshifted then a shifted block) when odd blocks shift
+  their windows, else 1."""
+  return 2 if windows is not None and any(windows.shift) else 1
+
+
+class BlockGroup(nn.Module):
+  """`period` consecutive blocks, the body of a scanned stack: (x, key_mask) -> (x, None)."""
+  period: int
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+  windows: Windows | None = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None) -> tuple[jnp.ndarray, None]:
+    for j in range(self.period):
+      x = Block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
+                block_windows(self.windows, j), name=f"block_{j}")(x, key_mask)
+    return x, None
+
+
 class Transformer(nn.Module):
-  """`depth` pre-norm blocks followed by the final LayerNorm."""
+  """`depth` pre-norm blocks followed by the final LayerNorm. With `windows`, attention is
+  local; its shift applies to odd blocks (even blocks use unshifted windows), as in Swin.
+
+  Parameter layouts (convert with stack_layers / unstack_layers):
+    scan=False: 'block_0' ... 'block_{depth-1}', 'norm'.
+    scan=True:  one nn.scan loop, compiled once whatever the depth: 'layers' holds
+      'block_j' (j < scan_period(windows)) with every leaf stacked on a leading axis
+      (logical name 'layers'); entry i of 'layers/block_j' is block i * period + j.
+  `remat` (REMAT) recomputes activations in the backward pass to save memory.
+  """
   depth: int
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  windows: Windows | None = None
+  scan: bool = False
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                name=f"block_{i}")(x, key_mask)
+    if self.scan:
+      period = scan_period(self.windows)
+      if self.depth % period:
+        raise ValueError(f"a scanned stack with shifted windows runs its blocks in (unshifted, "
+                         f"shifted) pairs, so its depth must be even, got {self.depth}; use "
+                         f"an even depth or turn layer scanning off")
+      stack = nn.scan(checkpointed(BlockGroup, self.remat, in_scan=True),
+                      variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=nn.broadcast, length=self.depth // period,
+                      metadata_params={nn.PARTITION_NAME: LAYER_AXIS})
+      x, _ = stack(period, self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
+                   self.windows, name="layers")(x, key_mask)
+    else:
+      block = checkpointed(Block, self.remat, in_scan=False)
+      for i in range(self.depth):
+        x = block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
+                  block_windows(self.windows, i), name=f"block_{i}")(x, key_mask)
     return layer_norm("norm")(x)
 
 
-class Encoder(nn.Module):
-  """ViT over 16 x 16 spectrogram patches with fixed 2-D sin-cos positions, no CLS.
+def _is_unscanned_stack(tree) -> bool:
+  return isinstance(tree, dict) and "block_0" in tree and "norm" in tree
 
-  Call with the patches it should see: `patches` (B, M, p*p) at token positions
+
+def _is_scanned_stack(tree) -> bool:
+  return isinstance(tree, dict) and LAYER_AXIS in tree and "norm" in tree
+
+
+def _block_names(tree: dict) -> list[str]:
+  names = [k for k in tree if k.startswith("block_")]
+  return sorted(names, key=lambda k: int(k.removeprefix("block_")))
+
+
+def stack_layers(params: dict, period: int = 1) -> dict:
+  """Unscanned Transformer parameters -> the scanned layout, for every Transformer found
+  in `params` (one Transformer's, an encoder's, a whole train state's: plain arrays, not
+  logically boxed). `period` is the stacks' scan_period (2 for shifted windows). Stacks
+  already scanned are returned as they are."""
+  if _is_unscanned_stack(params):
+    names = _block_names(params)
+    if len(names) % period:
+      raise ValueError(f"{len(names)} blocks cannot be stacked in groups of {period}")
+    groups = {f"block_{j}": jax.tree.map(lambda *xs: jnp.stack(xs),
+                                         *[params[n] for n in names[j::period]])
+              for j in range(period)}
+    rest = {k: v for k, v in params.items() if k not in names}
+    return {LAYER_AXIS: groups, **rest}
+  if isinstance(params, dict) and not _is_scanned_stack(params):
+    return {k: stack_layers(v, period) for k, v in params.items()}
+  return params
+
+
+def unstack_layers(params: dict) -> dict:
+  """Inverse of stack_layers (the period is read from the stack): scanned Transformer
+  parameters anywhere in `params` -> 'block_0' ... 'block_{depth-1}'."""
+  if _is_scanned_stack(params):
+    groups = params[LAYER_AXIS]
+    period = len(groups)
+    depth = jax.tree.leaves(groups)[0].shape[0] * period
+    blocks = {f"block_{b}": jax.tree.map(lambda x, i=b // period: x[i],
+                                         groups[f"block_{b % period}"])
+              for b in range(depth)}
+    return {**blocks, **{k: v for k, v in params.items() if k != LAYER_AXIS}}
+  if isinstance(params, dict) and not _is_unscanned_stack(params):
+    return {k: unstack_layers(v) for k, v in params.items()}
+  return params
+
+
+POSITIONS = ("sincos", "learned")
+
+
+class PositionTable(nn.Module):
+  """(F*T, width) positional embeddings of a token grid, in token order.
+
+  'sincos': fixed 2-D sin-cos (Audio-JEPA, A-JEPA, AudioMAE). 'learned': factorised
+  learnable tables, frequency (F, 1) plus time (1, T), initialised N(0, 0.02) (Dasheng).
+  """
+  grid: tuple[int, int]
+  width: int
+  kind: str = "sincos"
+
+  @nn.compact
+  def __call__(self) -> jnp.ndarray:
+    if self.kind == "sincos":
+      return jnp.asarray(positions.sincos_2d(self.width, self.grid))
+    if self.kind != "learned":
+      raise ValueError(f"unknown positions {self.kind!r}; known: {', '.join(POSITIONS)}")
+    init = nn.initializers.normal(0.02)
+    freq = self.param("freq", _param(init, (None, None, "embed")), (self.grid[0], 1, self.width))
+    time = self.param("time", _param(init, (None, None, "embed")), (1, self.grid[1], self.width))
+    return (freq + time).reshape(-1, self.width)
+
+
+class Encoder(nn.Module):
+  """ViT over spectrogram patches of `patch_shape` (mel bins, frames), no CLS token.
+
+  Call with the patches it should see: `patches` (B, M, pf*pt) at token positions
   `idx` (B, M) (every position in order when None), and `valid` (B, M) marking real
   tokens (padding is never attended to).
   """
   grid: tuple[int, int]
-  patch_size: int
+  patch_shape: tuple[int, int]
   width: int
   depth: int
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  positions: str = "sincos"
+  scan: bool = False       # see Transformer
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, patches: jnp.ndarray, idx: jnp.ndarray | None = None,
                valid: jnp.ndarray | None = None) -> jnp.ndarray:
-    if patches.shape[-1] != self.patch_size ** 2:
+    pf, pt = self.patch_shape
+    if patches.shape[-1] != pf * pt:
       raise ValueError(f"patches of {patches.shape[-1]} values given to an encoder of "
-                       f"{self.patch_size} x {self.patch_size} patches")
+                       f"{pf} x {pt} patches")
     x = dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")(patches)
-    table = jnp.asarray(positions.sincos_2d(self.width, self.grid))
+    table = PositionTable(self.grid, self.width, self.positions, name="positions")()
     if idx is None:
       if x.shape[1] != table.shape[0]:
         raise ValueError(f"{x.shape[1]} patches given without positions; the grid "
@@ -163,4 +388,5 @@ class Encoder(nn.Module):
       x = x + table[idx]
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
-                       self.attention_impl, name="transformer")(x, valid)
+                       self.attention_impl, scan=self.scan, remat=self.remat,
+                       name="transformer")(x, valid)

@@ -30,7 +30,7 @@ def test_loss_matches_manual_computation(domain):
 
   @jax.jit
   def manual(params, target_params, mel):
-    tokens = patches.patchify(mel, 16)
+    tokens = patches.patchify(mel, (16, 16))
     m = masks.sample(rng, 4, (5, 4), config.mask)
     ci, cv = m.context_idx[:, 0], m.context_valid[:, 0]   # one set, one group, all valid
     ti, tv = m.target_idx[:, 0, 0], m.target_valid[:, 0, 0]
@@ -101,7 +101,7 @@ def test_block_targets_in_the_audio_domain_equal_encoding_their_union(strategy):
   _, _, pred, target, valid = jax.jit(obj._forward)(params, {"ema": target_params}, batch,
                                                    rng, 0)
   m = masks.sample(rng, 4, obj.grid, config.mask)
-  tokens = patches.patchify(batch["mel"], 16)
+  tokens = patches.patchify(batch["mel"], (16, 16))
   flat_idx = np.asarray(m.target_idx).reshape(4, -1)
   flat_valid = np.asarray(m.target_valid).reshape(4, -1)
   assert pred.shape == target.shape == flat_idx.shape + (32,)
@@ -113,3 +113,36 @@ def test_block_targets_in_the_audio_domain_equal_encoding_their_union(strategy):
       np.testing.assert_allclose(target[b, slot], out[np.searchsorted(union, flat_idx[b, slot])],
                                  rtol=1e-4, atol=1e-5)
   assert (~flat_valid).any()  # the test did cover padding slots
+
+
+def test_full_grid_predictor_lines_up_every_group_with_its_targets():
+  """A-JEPA layout: one predictor pass on the restored grid for all 4 multi-block groups
+  and 2 mask sets gives the loss of predicting each group on its own."""
+  config = tiny_config()
+  config.mask = masks.default_config("multi_block", num_sets=2)
+  config.predictor.update(layout="full_grid", attention="local", window=dict(freq=5, time=2),
+                          shift=dict(freq=0, time=1), depth=2)
+  config.jepa.update(target_domain="latent", distance="l2", standardize_targets=False)
+  obj = objectives.build(config)
+  params = nn.unbox(obj.init(jax.random.key(0)))
+  target_params = nn.unbox(obj.init(jax.random.key(1)))["encoder"]
+  mel = jnp.asarray(np.random.default_rng(1).normal(size=(3, 80, 64)), jnp.float32)
+  rng = jax.random.key(4)
+  loss = jax.jit(obj.loss)(params, {"ema": target_params}, {"mel": mel}, rng, 0)[0]
+
+  m = masks.sample(rng, 3, (5, 4), config.mask)
+  tokens = patches.patchify(mel, (16, 16))
+  full = obj.encoder.apply({"params": target_params}, tokens)
+  take = lambda x, i: jnp.take_along_axis(x, i[..., None], 1)  # noqa: E731
+  per_sample = np.zeros(3)
+  counts = np.zeros(3)
+  for k in range(2):
+    ci, cv = m.context_idx[:, k], m.context_valid[:, k]
+    ctx = obj.encoder.apply({"params": params["encoder"]}, take(tokens, ci), ci, cv)
+    for g in range(4):
+      ti, tv = m.target_idx[:, k, g], m.target_valid[:, k, g]
+      pred = obj.predictor.apply({"params": params["predictor"]}, ctx, ci, cv, ti, tv)
+      d = np.asarray(((pred - take(full, ti)) ** 2).mean(-1))
+      per_sample += (d * np.asarray(tv)).sum(1)
+      counts += np.asarray(tv).sum(1)
+  np.testing.assert_allclose(loss, np.mean(per_sample / counts), rtol=1e-5)

@@ -26,21 +26,24 @@ def test_2d_table_row_is_frequency_then_time_of_that_token():
   np.testing.assert_array_equal(table[13:26, :8], np.repeat(table[13:14, :8], 13, 0))
 
 
-def test_patchify_token_order_matches_position_grid():
-  p = 4
+@pytest.mark.parametrize("shape", [(4, 4), (8, 3)])  # square; Dasheng-like frame chunk
+def test_patchify_token_order_matches_position_grid(shape):
+  pf, pt = shape
   mel = np.arange(2 * 8 * 12, dtype=np.float32).reshape(2, 8, 12)
-  tokens = np.asarray(patches.patchify(mel, p))
-  grid = patches.patch_grid((8, 12), p)
-  assert grid == (2, 3) and tokens.shape == (2, 6, 16)
+  tokens = np.asarray(patches.patchify(mel, shape))
+  grid = patches.patch_grid((8, 12), shape)
+  assert grid == (8 // pf, 12 // pt) and tokens.shape == (2, grid[0] * grid[1], pf * pt)
   coords = positions.grid_coordinates(grid)
   for n, (f, t) in enumerate(coords):
-    patch = mel[1, f * p:(f + 1) * p, t * p:(t + 1) * p]
+    patch = mel[1, f * pf:(f + 1) * pf, t * pt:(t + 1) * pt]
     np.testing.assert_array_equal(tokens[1, n], patch.reshape(-1))
-  np.testing.assert_array_equal(np.asarray(patches.unpatchify(tokens, grid, p)), mel)
+  np.testing.assert_array_equal(np.asarray(patches.unpatchify(tokens, grid, shape)), mel)
 
 
 def test_patch_grid_rejects_indivisible_input():
   with pytest.raises(ValueError, match="multiple of 16"):
-    patches.patch_grid((80, 200), 16)
+    patches.patch_grid((80, 200), (16, 16))
+  with pytest.raises(ValueError, match="multiple of 4"):
+    patches.patch_grid((64, 1001), (64, 4))
   with pytest.raises(ValueError, match="multiple of 4"):
     positions.sincos_2d(10, (2, 2))

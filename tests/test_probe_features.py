@@ -56,7 +56,7 @@ def test_early_stopping_restores_the_best_epoch_and_stops_after_patience():
 
 def test_chunking_counts_real_time_patches():
   mels = [np.zeros((80, 40)), np.zeros((80, 64)), np.zeros((80, 65))]
-  chunks, owner, cols = features.chunk(mels, frames=32, patch_size=16, pad_value=-3.0)
+  chunks, owner, cols = features.chunk(mels, frames=32, patch_frames=16, pad_value=-3.0)
   assert chunks.shape == (2 + 2 + 3, 80, 32)
   np.testing.assert_array_equal(owner, [0, 0, 1, 1, 2, 2, 2])
   # 40 frames = 32 + 8: the second chunk has one real (partial) patch of 2.
@@ -65,7 +65,7 @@ def test_chunking_counts_real_time_patches():
 
 
 def test_clip_embedding_is_time_mean_of_frequency_concatenated_tokens():
-  enc = vit.Encoder(grid=(5, 2), patch_size=16, width=8, depth=1, num_heads=2, mlp_dim=16)
+  enc = vit.Encoder(grid=(5, 2), patch_shape=(16, 16), width=8, depth=1, num_heads=2, mlp_dim=16)
   params = jax.jit(lambda r: nn.unbox(models.init_encoder(enc, r)))(jax.random.key(0))
   rng = np.random.default_rng(0)
   mel = rng.normal(size=(80, 40)).astype(np.float32)  # chunks of 32: 32 + 8 frames
@@ -73,7 +73,7 @@ def test_clip_embedding_is_time_mean_of_frequency_concatenated_tokens():
   padded = np.full((80, 64), -1.0, np.float32)
   padded[:, :40] = mel
   chunks = np.stack([padded[:, :32], padded[:, 32:]])
-  z = np.asarray(enc.apply({"params": params}, patches.patchify(jnp.asarray(chunks), 16)))
+  z = np.asarray(enc.apply({"params": params}, patches.patchify(jnp.asarray(chunks), (16, 16))))
   z = z.reshape(2, 5, 2, 8).transpose(0, 2, 1, 3).reshape(2, 2, 40)  # (chunk, time, f*D)
   expected = (z[0, 0] + z[0, 1] + z[1, 0]) / 3  # chunk 2's second column is padding
   np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-6)

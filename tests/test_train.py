@@ -121,3 +121,18 @@ def test_curriculum_multi_mask_latent_run_trains(tmp_path):
   result = train.train(config, tmp_path)
   assert result.step == 3 and np.isfinite(result.last_metrics["loss"])
   assert result.last_metrics["target_effective_rank"] > 1
+
+
+def test_export_from_eight_devices_loads_on_one(finished_run):
+  """An export is device-independent: a 1-device process loads what 8 devices wrote."""
+  import subprocess
+  import sys
+  workdir, _, _ = finished_run
+  code = ("from jepa_jax import export; import jax, numpy as np; "
+          f"_, _, p, _ = export.load_encoder({str(workdir / 'export')!r}); "
+          "print(jax.device_count(), sum(np.asarray(x).size for x in jax.tree.leaves(p)))")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True, cwd=str(checkpoint.__file__).rsplit("/jepa_jax/", 1)[0])
+  count = sum(x.size for x in jax.tree.leaves(_params(workdir)))
+  assert out.stdout.split() == ["1", str(count)]

@@ -23,3 +23,20 @@ def tiny_config(**train):
   c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
   c.train.update(**train)
   return c
+
+
+def tiny_mae_config(**train):
+  """The AudioMAE demo shrunk like `tiny_config` (80-mel front end, 5 x 4 patches,
+  decoder with 5 x 2 windows shifted one time patch)."""
+  c = load_config_module("audiomae").get_config("demo")
+  c.data.frontend = "audio_jepa"
+  c.data.frames = 64
+  c.data.synthetic.update(num_pretrain=48, num_probe=36)
+  c.model.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  c.decoder.update(width=16, depth=2, num_heads=2, mlp_dim=32, window=dict(freq=5, time=2),
+                   shift=dict(freq=0, time=1))
+  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2)
+  c.optim.warmup_epochs = 0.25
+  c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
+  c.train.update(**train)
+  return c

@@ -7,15 +7,17 @@ Each objective class is built from the config and provides
   monitors(params, aux, batch, rng, step) -> metrics: label-free collapse monitors,
       too costly for every step; the loop computes them on logging steps
   encoder / encoder_params(params): the encoder to export and evaluate
+  input_transform(params, aux) -> {"scale", "shift"} per mel bin or None: a learned
+      input normaliser the exported encoder's input must go through (Dasheng's BatchNorm)
   ema_subtree: name of the params entry the optimizer keeps an EMA of, or None.
 `aux` carries non-trained state (BatchNorm statistics, queues) and, under 'ema', the
 EMA target the optimizer holds.
 """
 import ml_collections
 
-from jepa_jax.objectives import jepa
+from jepa_jax.objectives import jepa, mae
 
-OBJECTIVES = {"jepa": jepa.JEPA}
+OBJECTIVES = {"jepa": jepa.JEPA, "mae": mae.MAE}
 
 
 def build(config: ml_collections.ConfigDict, total_steps: int = 1):

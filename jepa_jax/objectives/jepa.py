@@ -15,11 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jepa_jax import losses, masks, models, monitors, patches
-
-
-def gather_tokens(x: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
-  """(B, N, C), (B, M) -> (B, M, C)."""
-  return jnp.take_along_axis(x, idx[..., None], axis=1)
+from jepa_jax.objectives import masked_prediction
 
 
 def first_occurrence(idx: jnp.ndarray, valid: jnp.ndarray, num_tokens: int) -> jnp.ndarray:
@@ -47,6 +43,7 @@ class JEPA:
       errors.append(f"jepa.distance {j.distance!r} unknown; known: {sorted(losses.DISTANCES)}")
     if j.smooth_l1_beta <= 0 or j.standardize_eps <= 0:
       errors.append("jepa.smooth_l1_beta and jepa.standardize_eps must be > 0")
+    errors.extend(models.head_config_errors(config, "predictor"))
     ema = config.ema
     if not 0 <= ema.tau_start <= ema.tau_end <= 1:
       errors.append(f"ema taus must satisfy 0 <= tau_start <= tau_end <= 1, got "
@@ -56,7 +53,7 @@ class JEPA:
   def __init__(self, config: ml_collections.ConfigDict, total_steps: int = 1):
     self.config = config
     self.total_steps = total_steps  # the curriculum mask schedule runs over these
-    self.patch_size = config.model.patch_size
+    self.patch_shape = tuple(config.model.patch_shape)
     self.grid = models.grid(config)
     self.encoder = models.build_encoder(config)
     self.predictor = models.build_predictor(config)
@@ -80,41 +77,28 @@ class JEPA:
   def encoder_params(self, params: dict) -> dict:
     return params["encoder"]
 
+  def input_transform(self, params: dict, aux: dict) -> None:
+    return None  # the encoder takes the normalised log-mel as it is
+
   def _forward(self, params, aux, batch, rng, step):
     """Masks, then context embeddings (B*K, Nc, D) per mask set, and predictions and
     stop-gradient targets for every target slot of every set and group, (B, K*M*Nt, D)."""
-    mel = batch["mel"]
-    b = mel.shape[0]
-    tokens = patches.patchify(mel, self.patch_size)
-    m = masks.sample(rng, b, self.grid, self.config.mask, step, self.total_steps)
-    k, nc = m.context_idx.shape[1:]
-    groups, nt = m.target_idx.shape[2:]
+    tokens = patches.patchify(batch["mel"], self.patch_shape)
+    m = masks.sample(rng, tokens.shape[0], self.grid, self.config.mask, step, self.total_steps)
+    p = masked_prediction.encode_and_predict(self.encoder, self.predictor, params["encoder"],
+                                             params["predictor"], tokens, m)
     encode = lambda p, *args: self.encoder.apply({"params": p}, *args)  # noqa: E731
-
-    context_idx = m.context_idx.reshape(b * k, nc)
-    context_valid = m.context_valid.reshape(b * k, nc)
-    context_tokens = gather_tokens(tokens, m.context_idx.reshape(b, k * nc))
-    context = encode(params["encoder"], context_tokens.reshape(b * k, nc, -1), context_idx,
-                     context_valid)
-    # Each target group is predicted from the same context, separately (I-JEPA).
-    rep = lambda x: jnp.repeat(x, groups, axis=0)  # noqa: E731
-    pred = self.predictor.apply(
-        {"params": params["predictor"]}, rep(context), rep(context_idx), rep(context_valid),
-        m.target_idx.reshape(b * k * groups, nt), m.target_valid.reshape(b * k * groups, nt))
-    pred = pred.reshape(b, k * groups * nt, -1)
-
-    target_idx = m.target_idx.reshape(b, -1)
-    target_valid = m.target_valid.reshape(b, -1)
     if self.config.jepa.target_domain == "audio":
       # The target encoder sees the union of the clip's target patches, each once: a
       # repeated patch (overlapping blocks, several sets) is no key for the others but
       # still gets its own output, equal to its first occurrence's.
-      keys = first_occurrence(target_idx, target_valid, tokens.shape[1])
-      target = encode(aux["ema"], gather_tokens(tokens, target_idx), target_idx, keys)
+      keys = first_occurrence(p.target_idx, p.target_valid, tokens.shape[1])
+      target = encode(aux["ema"], patches.gather_tokens(tokens, p.target_idx), p.target_idx,
+                      keys)
     else:  # one target pass on the whole input, shared by every mask set
-      target = gather_tokens(encode(aux["ema"], tokens), target_idx)
+      target = patches.gather_tokens(encode(aux["ema"], tokens), p.target_idx)
     target = jax.lax.stop_gradient(target).astype(jnp.float32)
-    return context, context_valid, pred, target, target_valid
+    return p.context, p.context_valid, p.pred, target, p.target_valid
 
   def loss(self, params, aux, batch, rng, step):
     _, _, pred, target, valid = self._forward(params, aux, batch, rng, step)

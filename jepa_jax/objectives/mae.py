@@ -1,0 +1,108 @@
+"""Masked autoencoder objective (AudioMAE, Dasheng; SPEC section 5).
+
+The encoder sees the visible (context) tokens only; the decoder puts them back on the
+full token grid with a mask token at every other position and predicts each masked
+token's values; the loss is the MSE on masked tokens against the per-patch standardised
+input ("norm-pix", eps 1e-6), averaged over each sample's masked tokens, then the batch.
+Masks come from masks.py: context = visible tokens, targets = masked tokens (unstructured
+at 0.8 for AudioMAE, grouped pairs at 0.75 for Dasheng, or any other strategy).
+
+`mae.input_norm = 'batch_norm'` (Dasheng) puts a BatchNorm over mel bins in front of the
+encoder; its running statistics are the objective's aux state, and the loss target is
+taken before it.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jepa_jax import input_norm, losses, masks, models, monitors, patches
+from jepa_jax.objectives import masked_prediction
+
+INPUT_NORMS = ("none", "batch_norm")
+
+
+class MAE:
+  ema_subtree = None  # no target network
+
+  @staticmethod
+  def config_errors(config: ml_collections.ConfigDict) -> list[str]:
+    errors = models.head_config_errors(config, "decoder")
+    if config.decoder.layout != "full_grid":
+      errors.append("decoder.layout must be 'full_grid': an MAE decoder sees the whole grid")
+    if config.mae.norm_pix_eps <= 0:
+      errors.append(f"mae.norm_pix_eps must be > 0, got {config.mae.norm_pix_eps}")
+    if config.mae.input_norm not in INPUT_NORMS:
+      errors.append(f"mae.input_norm must be one of {INPUT_NORMS}, got "
+                    f"{config.mae.input_norm!r}")
+    return errors
+
+  def __init__(self, config: ml_collections.ConfigDict, total_steps: int = 1):
+    self.config = config
+    self.total_steps = total_steps
+    self.patch_shape = models.patch_shape(config)
+    self.grid = models.grid(config)
+    self.encoder = models.build_encoder(config)
+    self.decoder = models.build_predictor(
+        config, "decoder", out_dim=self.patch_shape[0] * self.patch_shape[1])
+    self.input_norm = input_norm.MelBatchNorm() \
+        if config.mae.input_norm == "batch_norm" else None
+    self.n_mels = models.input_shape(config)[0]
+
+  def init(self, rng: jax.Array) -> dict:
+    enc_rng, dec_rng = jax.random.split(rng)
+    encoder = models.init_encoder(self.encoder, enc_rng)
+    one = jnp.zeros((1, 1), jnp.int32)
+    valid = jnp.ones((1, 1), bool)
+    latent = jnp.zeros((1, 1, self.encoder.width), jnp.float32)
+    decoder = self.decoder.init(dec_rng, latent, one, valid, one, valid)["params"]
+    params = {"encoder": encoder, "decoder": decoder}
+    if self.input_norm is not None:
+      mel = jnp.zeros((1, self.n_mels, 1), jnp.float32)
+      params["input_norm"] = self.input_norm.init(rng, mel, train=False)["params"]
+    return params
+
+  def init_aux(self) -> dict:
+    if self.input_norm is None:
+      return {}
+    return {"input_norm": input_norm.initial_stats(self.n_mels)}
+
+  def input_transform(self, params: dict, aux: dict) -> dict | None:
+    """The per-mel-bin scale and shift the exported encoder's input needs, or None."""
+    if self.input_norm is None:
+      return None
+    return input_norm.fold(params["input_norm"], aux["input_norm"])
+
+  def encoder_params(self, params: dict) -> dict:
+    return params["encoder"]
+
+  def _forward(self, params, aux, batch, rng, step, train: bool):
+    """-> (prediction, norm-pix targets, new aux)."""
+    mel, new_aux = batch["mel"], {}
+    if self.input_norm is not None:
+      variables = {"params": params["input_norm"], "batch_stats": aux["input_norm"]}
+      if train:
+        normed, updates = self.input_norm.apply(variables, mel, train=True,
+                                                mutable=["batch_stats"])
+        new_aux = {"input_norm": updates["batch_stats"]}
+      else:
+        normed = self.input_norm.apply(variables, mel, train=False)
+    else:
+      normed = mel
+    m = masks.sample(rng, mel.shape[0], self.grid, self.config.mask, step, self.total_steps)
+    p = masked_prediction.encode_and_predict(
+        self.encoder, self.decoder, params["encoder"], params["decoder"],
+        patches.patchify(normed, self.patch_shape), m)
+    # The target is the input before the normaliser (Dasheng).
+    target = patches.gather_tokens(patches.patchify(mel, self.patch_shape), p.target_idx)
+    return p, losses.standardize(target.astype(jnp.float32), self.config.mae.norm_pix_eps), \
+        new_aux
+
+  def loss(self, params, aux, batch, rng, step):
+    p, target, new_aux = self._forward(params, aux, batch, rng, step, train=True)
+    loss = losses.masked_mean(losses.l2(p.pred.astype(jnp.float32), target), p.target_valid)
+    return loss, ({"loss": loss}, new_aux)
+
+  def monitors(self, params, aux, batch, rng, step) -> dict:
+    """Collapse monitors of the encoder's embeddings of the visible tokens."""
+    p, _, _ = self._forward(params, aux, batch, rng, step, train=False)
+    return monitors.collapse_monitors("encoder", p.context, p.context_valid)

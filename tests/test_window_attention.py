@@ -1,0 +1,124 @@
+"""Local (shifted-window) attention against a dense masked reference built the Swin way."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jepa_jax import vit
+
+
+def swin_allowed(grid, size, shift) -> np.ndarray:
+  """(N, N) bool from Swin's own construction: label the shifted image with the
+  3 x 3 slice regions, then allow pairs in the same window and the same region."""
+  (gf, gt), (wf, wt), (sf, st) = grid, size, shift
+  label = np.zeros(grid, int)
+  f_slices = (slice(0, -wf), slice(-wf, -sf), slice(-sf, None)) if sf else (slice(None),)
+  t_slices = (slice(0, -wt), slice(-wt, -st), slice(-st, None)) if st else (slice(None),)
+  count = 0
+  for fs in f_slices:
+    for ts in t_slices:
+      label[fs, ts] = count
+      count += 1
+  # Token (f, t) sits at shifted position ((f - sf) mod F, (t - st) mod T).
+  f, t = np.meshgrid(np.arange(gf), np.arange(gt), indexing="ij")
+  fs_, ts_ = ((f - sf) % gf).ravel(), ((t - st) % gt).ravel()
+  window = (fs_ // wf) * (gt // wt) + ts_ // wt
+  region = label[fs_, ts_]
+  return (window[:, None] == window[None, :]) & (region[:, None] == region[None, :])
+
+
+def dense_reference(params, x, allowed, num_heads):
+  """Global attention written out in NumPy, keys outside `allowed` switched off."""
+  p = jax.tree.map(np.asarray, params)
+  b, n, width = x.shape
+  qkv = np.einsum("bnc,cshd->bnshd", x, p["qkv"]["kernel"]) + p["qkv"]["bias"]
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(width // num_heads)
+  logits = np.where(allowed[None, None], logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  out = np.einsum("bhqk,bkhd->bqhd", weights, v)
+  return np.einsum("bqhd,hdc->bqc", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+@pytest.mark.parametrize("grid,size,shift", [
+    ((4, 8), (4, 4), (0, 2)),   # AudioMAE's (time 2, freq 0) shift, on a small grid
+    ((4, 8), (2, 4), (1, 2)),   # both axes shifted
+    ((4, 8), (2, 2), (0, 0)),   # plain windows
+])
+def test_windowed_attention_equals_dense_attention_restricted_to_swin_windows(grid, size, shift):
+  windows = vit.Windows(grid, size, shift)
+  attn = vit.Attention(num_heads=2, windows=windows)
+  n = grid[0] * grid[1]
+  x = np.random.default_rng(0).normal(size=(3, n, 8)).astype(np.float32)
+  params = nn.unbox(attn.init(jax.random.key(0), x)["params"])
+  # Random biases, so a mistake in the projections cannot hide behind zeros.
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape), params)
+  out = attn.apply({"params": params}, x)
+  ref = dense_reference(params, x.astype(np.float64), swin_allowed(grid, size, shift), 2)
+  np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def _dependence(module, params, x, query):
+  """(N,) bool: does output token `query` depend on input token j?"""
+  jac = jax.jacobian(lambda y: module.apply({"params": params}, y)[0, query])(x)
+  return np.abs(np.asarray(jac)).sum(axis=(0, 1, 3)) > 0
+
+
+def test_tokens_that_wrapped_across_an_edge_never_attend_to_each_other():
+  # Time axis 8, windows of 4, shift 2: after the cyclic shift, time columns 6, 7, 0, 1
+  # share the last window, but 0 and 1 arrived there by wrapping around.
+  grid, windows = (1, 8), vit.Windows((1, 8), (1, 4), (0, 2))
+  attn = vit.Attention(num_heads=1, windows=windows)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 8, 4)), jnp.float32)
+  params = nn.unbox(attn.init(jax.random.key(0), x)["params"])
+  np.testing.assert_array_equal(_dependence(attn, params, x, 7),
+                                [False, False, False, False, False, False, True, True])
+  np.testing.assert_array_equal(_dependence(attn, params, x, 0),
+                                [True, True, False, False, False, False, False, False])
+  np.testing.assert_array_equal(_dependence(attn, params, x, 3),  # window 2..5
+                                [False, False, True, True, True, True, False, False])
+  assert grid == windows.grid
+
+
+def test_shift_applies_to_odd_blocks_so_two_blocks_cross_window_borders():
+  windows = vit.Windows((1, 8), (1, 4), (0, 2))
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 8, 8)), jnp.float32)
+  cases = [(1, 2, [True] * 4 + [False] * 4),  # one unshifted block: window 0..3 only
+           (2, 2, [True] * 8),  # then window 2..5 mixes 0..3 with 4..7
+           (2, 0, [True] * 4 + [False] * 4)]  # 0 wrapped: it only meets 1 in block 2
+  for depth, query, expected in cases:
+    model = vit.Transformer(depth=depth, num_heads=2, mlp_dim=16, windows=windows)
+    params = nn.unbox(model.init(jax.random.key(0), x)["params"])
+    np.testing.assert_array_equal(_dependence(model, params, x, query), expected)
+
+
+def test_key_mask_hides_padding_inside_windows():
+  windows = vit.Windows((2, 4), (2, 2), (1, 1))
+  attn = vit.Attention(num_heads=2, windows=windows)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 8)), jnp.float32)
+  params = nn.unbox(attn.init(jax.random.key(0), x)["params"])
+  valid = jnp.ones((2, 8), bool).at[:, 5].set(False)
+  out = attn.apply({"params": params}, x, valid)
+  out2 = attn.apply({"params": params}, x.at[:, 5].set(50.0), valid)
+  keep = np.arange(8) != 5
+  np.testing.assert_allclose(out[:, keep], out2[:, keep], atol=1e-5)
+
+
+def test_partition_and_merge_are_inverse():
+  windows = vit.Windows((4, 6), (2, 3), (1, 2))
+  x = jnp.arange(2 * 24 * 3).reshape(2, 24, 3)
+  parts = windows.partition(x)
+  assert parts.shape == (2 * 4, 6, 3)
+  np.testing.assert_array_equal(windows.merge(parts), x)
+
+
+@pytest.mark.parametrize("size,shift,match", [
+    ((3, 4), (0, 0), "does not tile the frequency axis"),
+    ((4, 4), (0, 4), "must be in"),
+    ((4, 4), (-1, 0), "must be in"),
+])
+def test_bad_windows_are_refused(size, shift, match):
+  with pytest.raises(ValueError, match=match):
+    vit.Windows((4, 8), size, shift)
