@@ -100,7 +100,7 @@ def stage_profile(folder: Path, count: int) -> dict:
   totals = dict.fromkeys(("decode", "logmel", "float16+moments", "encode+write"), 0.0)
   with tempfile.TemporaryDirectory() as tmp:
     writer = shards.PartWriter(lambda p: Path(tmp) / f"p{p}.array_record", 2**40,
-                               options=prepare.WRITER_OPTIONS)
+                               options=shards.WRITER_OPTIONS)
     moments = shards.Moments()
     for path in paths:
       t0 = time.process_time()
@@ -156,7 +156,7 @@ def main(_):
   print(f"librosa import + warm-up (once per CLI call, not in the rows): {warm_up_s:.1f} s")
   result = {"cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(),
             "frontend": FLAGS.frontend, "clip_seconds": FLAGS.seconds,
-            "writer_options": prepare.WRITER_OPTIONS, "warm_up_s": warm_up_s, "runs": rows,
+            "writer_options": shards.WRITER_OPTIONS, "warm_up_s": warm_up_s, "runs": rows,
             "stage_ms_per_clip": profile}
   out = Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
