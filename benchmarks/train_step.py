@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jepa_jax import checkpoint, masks, objectives, optim, train  # noqa: E402
+from jepa_jax import checkpoint, masks, models, objectives, optim, train  # noqa: E402
 from jepa_jax import mesh as mesh_lib
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
@@ -50,10 +50,12 @@ def analytic_flops(config, params: dict, batch: int) -> float:
   """For fixed-count masks (unstructured); block masks pad their slots, which the
   step computes but these FLOPs do not count."""
   n, n_context, n_target = token_counts(config)
-  n_target_pass = n_target if config.jepa.target_domain == "audio" else n
-  enc, pred = count(params["encoder"]), count(params["predictor"])
+  jepa = config.objective == "jepa"  # else MAE: a decoder and no target pass
+  head = "predictor" if jepa else "decoder"
+  n_target_pass = (n_target if config.jepa.target_domain == "audio" else n) if jepa else 0
+  enc, pred = count(params["encoder"]), count(params[head])
   width, depth = config.model.width, config.model.depth
-  pwidth, pdepth = config.predictor.width, config.predictor.depth
+  pwidth, pdepth = config[head].width, config[head].depth
   attn = lambda t, d, layers: 4 * t * t * d * layers  # noqa: E731  forward, per sample
   return batch * (6 * enc * n_context + 3 * attn(n_context, width, depth)
                   + 2 * enc * n_target_pass + attn(n_target_pass, width, depth)
@@ -76,12 +78,12 @@ def matmul_ceiling(m: int, k: int, n: int) -> float:
 def time_step(config, batch: int) -> dict:
   config.train.batch_size = batch
   objective = objectives.build(config)
-  tx, schedules = optim.make_optimizer(config.optim, config.ema, batch, 1000, 10,
+  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), batch, 1000, 10,
                                        objective.ema_subtree)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.rules(config)
   init_rng, step_key = train.rngs(config)
-  frames, mels = config.data.frames, 80
+  mels, frames = models.input_shape(config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(functools.partial(train.init_state, objective, tx), init_rng)
     shardings = mesh_lib.state_shardings(boxed, mesh, rules)
