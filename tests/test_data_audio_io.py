@@ -8,6 +8,7 @@ import soundfile as sf
 
 from data_pipelines import audio_io
 from data_pipelines.audio_io import AudioError, AudioReader, load_audio, segment_bounds, write_wav
+from tests.audio_faults import deny_opening
 
 
 def _sine(freq, seconds, rate, amplitude=0.5):
@@ -167,14 +168,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     os.chmod(tmp_path / "locked.wav", 0)
     assert _reason(tmp_path / "locked.wav") == "unreadable (permission denied)"
     os.chmod(tmp_path / "locked.wav", 0o644)
-  real_open = open
-
-  def deny(path, *args, **kwargs):
-    if str(path).endswith("locked.wav"):
-      raise PermissionError(13, "Permission denied", str(path))
-    return real_open(path, *args, **kwargs)
-
-  monkeypatch.setattr(audio_io, "open", deny, raising=False)
+  deny_opening(monkeypatch, "locked.wav")
   assert _reason(tmp_path / "locked.wav") == "unreadable (permission denied)"
 
 

@@ -12,11 +12,12 @@ import pytest
 import soundfile as sf
 
 import data_pipelines
-from data_pipelines import audio_io, prepare
+from data_pipelines import prepare
 from data_pipelines.audio_io import load_audio, segment_bounds
 from data_pipelines.frontends import get_frontend
 from data_pipelines.prepare import ItemFailed, Options, PrepareError
 from data_pipelines.shards import ShardSource, read_metadata
+from tests.audio_faults import deny_opening
 
 SR = 16000
 FRONTEND = get_frontend("audio_jepa")
@@ -86,14 +87,7 @@ def make_corpus(root: Path, bad: bool = True) -> None:
 @pytest.fixture
 def locked(monkeypatch):
   """dog/locked.wav cannot be opened (chmod does not stop root, who runs these tests)."""
-  real_open = open
-
-  def deny(path, *args, **kwargs):
-    if str(path).endswith("locked.wav"):
-      raise PermissionError(13, "Permission denied", str(path))
-    return real_open(path, *args, **kwargs)
-
-  monkeypatch.setattr(audio_io, "open", deny, raising=False)
+  deny_opening(monkeypatch, "locked.wav")
 
 
 def _csv(path: Path) -> list[dict]:

@@ -63,12 +63,8 @@ class JEPA:
     self.distance = distance
 
   def init(self, rng: jax.Array) -> dict:
-    enc_rng, pred_rng = jax.random.split(rng)
-    encoder = models.init_encoder(self.encoder, enc_rng)
-    one = jnp.zeros((1, 1), jnp.int32)
-    valid = jnp.ones((1, 1), bool)
-    context = jnp.zeros((1, 1, self.encoder.width), jnp.float32)
-    predictor = self.predictor.init(pred_rng, context, one, valid, one, valid)["params"]
+    encoder, predictor = masked_prediction.init_encoder_and_head(self.encoder, self.predictor,
+                                                                 rng)
     return {"encoder": encoder, "predictor": predictor}
 
   def init_aux(self) -> dict:

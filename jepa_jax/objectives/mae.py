@@ -49,12 +49,7 @@ class MAE:
     self.n_mels = models.input_shape(config)[0]
 
   def init(self, rng: jax.Array) -> dict:
-    enc_rng, dec_rng = jax.random.split(rng)
-    encoder = models.init_encoder(self.encoder, enc_rng)
-    one = jnp.zeros((1, 1), jnp.int32)
-    valid = jnp.ones((1, 1), bool)
-    latent = jnp.zeros((1, 1, self.encoder.width), jnp.float32)
-    decoder = self.decoder.init(dec_rng, latent, one, valid, one, valid)["params"]
+    encoder, decoder = masked_prediction.init_encoder_and_head(self.encoder, self.decoder, rng)
     params = {"encoder": encoder, "decoder": decoder}
     if self.input_norm is not None:
       mel = jnp.zeros((1, self.n_mels, 1), jnp.float32)

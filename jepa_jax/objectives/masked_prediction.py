@@ -8,9 +8,10 @@ Shapes follow masks.MaskSet: the result has one row per target slot, (B, K*M*Nt,
 import functools
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 
-from jepa_jax import masks, patches, predictor, vit
+from jepa_jax import masks, models, patches, predictor, vit
 
 
 @flax.struct.dataclass
@@ -44,3 +45,14 @@ def encode_and_predict(encoder: vit.Encoder, head: predictor.Predictor, encoder_
                    m.target_valid.reshape(b * k * groups, nt))
   return Prediction(context, context_valid, pred.reshape(b, k * groups * nt, -1),
                     m.target_idx.reshape(b, -1), m.target_valid.reshape(b, -1))
+
+
+def init_encoder_and_head(encoder: vit.Encoder, head: predictor.Predictor,
+                          rng: jax.Array) -> tuple[dict, dict]:
+  """Logically boxed parameters of a fresh encoder and its predictor / decoder."""
+  enc_rng, head_rng = jax.random.split(rng)
+  one = jnp.zeros((1, 1), jnp.int32)
+  valid = jnp.ones((1, 1), bool)
+  latent = jnp.zeros((1, 1, encoder.width), jnp.float32)
+  return (models.init_encoder(encoder, enc_rng),
+          head.init(head_rng, latent, one, valid, one, valid)["params"])
