@@ -1,116 +1,191 @@
-"""Mask sampling cost: each strategy at 65 (5 x 13) and 512 (8 x 64) patches, next to
-the train step of the demo config, also measured inside that jitted step.
+"""Mask sampling cost: each strategy alone at 65 (5 x 13) and 512 (8 x 64) patches, and
+inside the jitted train step of a config that uses it, at that config's own grid.
 
-    python benchmarks/masks.py [--batch=32] [--repeats=20]
+    python benchmarks/masks.py [--steps=3] [--only=ajepa]
 
-Standalone: the jitted sampler for one batch. In the step: the demo train step with the
-strategy sampling on device, minus the same compiled step taking those masks as an
-input instead, at the demo's own 5 x 13 grid (the strategies a demo config can use).
+Alone: the jitted sampler for one batch of 32 clips (median of 20 calls).
+In the step: the compiled train step is profiled (jax.profiler) for a few steps; every
+XLA op that the sampler emitted (its named scope, masks.SCOPE, in the op's metadata) is
+summed and divided by the steps' wall time. Timing the whole step with and without
+sampling cannot resolve a 2 % difference on this machine (identical runs swing by
+5-20 %); the profile attributes the time op by op. Ops run concurrently, so the share is
+an upper bound. The full-size recipes run at a small batch: the sampler and the step both
+scale with the batch, and a small batch only inflates the sampler's fixed overheads.
 Prints a table and writes JSON.
 """
+import collections
 import json
+import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from jax.profiler import ProfileData  # noqa: E402
 
-from jepa_jax import masks, objectives, optim, train  # noqa: E402
-from tests.tiny import load_config_module  # noqa: E402
+from jepa_jax import config_lib, masks, models, objectives, optim, train  # noqa: E402
+from jepa_jax import mesh as mesh_lib  # noqa: E402
 
-flags.DEFINE_integer("batch", 32, "clips per batch (the demo's)")
-flags.DEFINE_integer("repeats", 20, "timed calls per measurement (median)")
+flags.DEFINE_integer("steps", 3, "profiled steps per case (after 2 warm-up steps)")
+flags.DEFINE_list("only", [], "run the in-step cases whose config contains one of these")
 flags.DEFINE_string("out", "benchmarks/results/masks.json", "JSON output")
 FLAGS = flags.FLAGS
 
+SAMPLER_BATCH = 32
+# (strategy, config, batch): each strategy in a recipe that uses it, demo and full size.
+IN_STEP_CASES = (
+    ("unstructured", "configs/audio_jepa.py:demo", 32),
+    ("multi_block", "configs/audio_jepa.py:demo", 32),   # Audio-JEPA table 3
+    ("time", "configs/audio_jepa.py:demo", 32),
+    ("curriculum", "configs/ajepa.py:demo", 32),
+    ("unstructured", "configs/audiomae.py:demo", 32),
+    ("grouped", "configs/dasheng.py:demo", 32),
+    ("unstructured", "configs/audio_jepa.py", 8),
+    ("curriculum", "configs/ajepa.py", 4),
+    ("time_frequency_aware", "configs/ajepa.py", 4),     # the curriculum's end point
+    ("unstructured", "configs/audiomae.py", 4),
+    ("time_and_frequency", "configs/audiomae.py:lines", 4),
+    ("grouped", "configs/dasheng.py", 8),
+)
 
-def median_seconds(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
-
-def sampler_seconds(strategy: str, grid) -> float:
+def sampler_ms(strategy: str, grid) -> float:
   cfg = masks.default_config(strategy)
-  fn = jax.jit(lambda k: masks.sample(k, FLAGS.batch, grid, cfg, 500, 1000))
-  return median_seconds(fn, jax.random.key(0))
+  fn = jax.jit(lambda k: masks.sample(k, SAMPLER_BATCH, grid, cfg, 500, 1000))
+  key = jax.random.key(0)
+  jax.block_until_ready(fn(key))
+  times = []
+  for _ in range(20):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(key))
+    times.append(time.perf_counter() - t)
+  return 1e3 * statistics.median(times)
 
 
-def demo_step(strategy: str, precomputed: bool):
-  """The demo train step with `strategy` (compiled, with its arguments): masks sampled on
-  device, or given as an input."""
-  config = load_config_module().get_config("demo")
-  config.train.batch_size = FLAGS.batch
-  config.mask.strategy = strategy
+def load_config(spec: str, strategy: str, batch: int):
+  config = config_lib.load(spec)
+  if config.mask.strategy != strategy:
+    config.mask = masks.default_config(strategy, num_sets=config.mask.num_sets)
+  config.train.batch_size = batch
+  config_lib.validate(config)
+  return config
+
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+) = .*? ([a-z][\w\-]*)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"(?:calls|body|condition|to_apply)=%([\w.\-]+)")
+_CONTAINERS = ("while", "conditional", "call")  # their events span their bodies' ops
+
+
+def sampler_ops(hlo_text: str) -> tuple[set[str], set[str]]:
+  """(instructions the sampler emitted, container instructions) of a compiled module.
+  An instruction without an op name (most fusions) counts as the sampler's when most of
+  the instructions of the computation it calls do."""
+  op_names, calls, members, containers = {}, {}, collections.defaultdict(list), set()
+  computation = None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+) .*\{\s*$", line)
+    if header and " = " not in line:
+      computation = header.group(1)
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, opcode = m.groups()
+    members[computation].append(name)
+    op_name = _OP_NAME.search(line)
+    op_names[name] = op_name.group(1) if op_name else None
+    calls[name] = _CALLS.findall(line)
+    if opcode in _CONTAINERS:
+      containers.add(name)
+
+  def is_sampler(name: str, depth: int = 0) -> bool:
+    if op_names[name] is not None:
+      return masks.SCOPE in op_names[name]
+    inner = [n for c in calls[name] for n in members.get(c, [])]
+    if not inner or depth > 4:
+      return False
+    return 2 * sum(is_sampler(n, depth + 1) for n in inner) > len(inner)
+
+  return {n for n in op_names if is_sampler(n)}, containers
+
+
+def op_seconds(trace_dir: str, module: str) -> dict[str, float]:
+  """Seconds per HLO instruction of `module` over a profile."""
+  path = next(Path(trace_dir).rglob("*.xplane.pb"))
+  out: dict[str, float] = collections.defaultdict(float)
+  for plane in ProfileData.from_file(str(path)).planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        if stats.get("hlo_module") == module and "hlo_op" in stats:
+          out[stats["hlo_op"]] += event.duration_ns * 1e-9
+  return out
+
+
+def in_step(strategy: str, spec: str, batch: int) -> dict:
+  config = load_config(spec, strategy, batch)
   objective = objectives.build(config, total_steps=1000)
-  given = masks.sample(jax.random.key(0), FLAGS.batch, objective.grid, config.mask, 500, 1000)
-  tx, schedules = optim.make_optimizer(config.optim, config.ema, FLAGS.batch, 1000, 10,
+  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), batch, 1000, 10,
                                        objective.ema_subtree)
-  init_rng, step_key = train.rngs(config)
-  real_sample = masks.sample
-
-  def step(state, batch, mask_input):
-    if precomputed:  # the objective's sampler returns the masks passed in
-      masks.sample = lambda *args, **kwargs: mask_input
-    try:
-      return train.train_step(objective, tx, schedules, step_key, state, batch)
-    finally:
-      masks.sample = real_sample
-
-  state = jax.jit(lambda r: nn.unbox(train.init_state(objective, tx, r)))(init_rng)
-  batch = {"mel": jnp.asarray(np.random.default_rng(0).normal(
-      size=(FLAGS.batch, 80, config.data.frames)).astype(np.float32)),
-           "id": jnp.arange(FLAGS.batch, dtype=jnp.int32)}
-  compiled = jax.jit(step).lower(state, batch, given).compile()
-  return compiled, (state, batch, given)
-
-
-def in_step_seconds(strategy: str, rounds: int = 3) -> tuple[float, float]:
-  """(sampled, precomputed) step seconds: medians of interleaved rounds, the fastest
-  round of each kept (CPU timings here swing by 10-20 % between identical runs)."""
-  variants = [demo_step(strategy, precomputed) for precomputed in (False, True)]
-  best = [float("inf"), float("inf")]
-  for _ in range(rounds):
-    for i, (fn, args) in enumerate(variants):
-      best[i] = min(best[i], median_seconds(fn, *args))
-  return best[0], best[1]
+  mels, frames = models.input_shape(config)
+  compiled = train.compile_step(config, objective, tx, schedules,
+                                mesh_lib.make_mesh(config.mesh), mels, monitors=False)
+  text = compiled.step.as_text()
+  module = re.match(r"HloModule (\S+?),", text).group(1)
+  sampler, containers = sampler_ops(text)
+  state = compiled.initial_state()
+  bs = compiled.batch_sharding
+  data = {"mel": jax.device_put(np.random.default_rng(0).normal(
+      size=(batch, mels, frames)).astype(np.float32), bs),
+          "id": jax.device_put(np.arange(batch, dtype=np.int32), bs)}
+  for _ in range(2):
+    state, metrics = compiled.step(state, data)
+  jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    t = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      state, metrics = compiled.step(state, data)
+      jax.block_until_ready(metrics)
+    wall = time.perf_counter() - t
+    jax.profiler.stop_trace()
+    seconds = op_seconds(trace_dir, module)
+  leaf = {n: s for n, s in seconds.items() if n not in containers}
+  sampler_s = sum(s for n, s in leaf.items() if n in sampler)
+  return {"strategy": strategy, "config": spec, "batch": batch, "grid": list(objective.grid),
+          "step_ms": 1e3 * wall / FLAGS.steps,
+          "sampler_in_step_ms": 1e3 * sampler_s / FLAGS.steps,
+          "op_time_ms": 1e3 * sum(leaf.values()) / FLAGS.steps,
+          "in_step_share": sampler_s / wall}
 
 
 def main(_):
+  alone = [{"strategy": s, "sample_ms_65": sampler_ms(s, (5, 13)),
+            "sample_ms_512": sampler_ms(s, (8, 64))} for s in masks.STRATEGIES]
+  print(f"sampler alone, batch {SAMPLER_BATCH}: strategy | ms at 65 patches | ms at 512")
+  for r in alone:
+    print(f"{r['strategy']} | {r['sample_ms_65']:.2f} | {r['sample_ms_512']:.2f}")
+  cases = [c for c in IN_STEP_CASES if not FLAGS.only or any(o in c[1] for o in FLAGS.only)]
   rows = []
-  for strategy in masks.STRATEGIES:
-    row = {"strategy": strategy}
-    for grid in ((5, 13), (8, 64)):
-      row[f"sample_ms_{grid[0] * grid[1]}"] = 1e3 * sampler_seconds(strategy, grid)
-    if strategy in ("unstructured", "multi_block", "time"):  # the demo's own strategies
-      with_sampling, without = in_step_seconds(strategy)
-      row.update(step_ms=1e3 * with_sampling, step_precomputed_ms=1e3 * without,
-                 in_step_share=(with_sampling - without) / with_sampling)
-    rows.append(row)
-  demo_step = next(r["step_ms"] for r in rows if r["strategy"] == "unstructured")
-  for r in rows:
-    r["standalone_share_of_step_65"] = r["sample_ms_65"] / demo_step
-  print("strategy | sample ms (65) | sample ms (512) | % of demo step (65) | step ms | "
-        "step ms, masks precomputed | in-step share")
-  for r in rows:
-    extra = (f"{r['step_ms']:.0f} | {r['step_precomputed_ms']:.0f} | {r['in_step_share']:+.1%}"
-             if "step_ms" in r else "- | - | -")
-    print(f"{r['strategy']} | {r['sample_ms_65']:.2f} | {r['sample_ms_512']:.2f} | "
-          f"{r['standalone_share_of_step_65']:.1%} | {extra}")
+  print("\nin the train step: strategy | config | grid | batch | step ms | sampler ms in "
+        "step | share of step", flush=True)
+  for case in cases:
+    r = in_step(*case)
+    rows.append(r)
+    print(f"{r['strategy']} | {r['config']} | {r['grid'][0]} x {r['grid'][1]} | {r['batch']} "
+          f"| {r['step_ms']:.0f} | {r['sampler_in_step_ms']:.2f} | {r['in_step_share']:.2%}",
+          flush=True)
   out = Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"batch": FLAGS.batch, "rows": rows}, indent=2))
+  out.write_text(json.dumps({"sampler_batch": SAMPLER_BATCH, "alone": alone, "in_step": rows},
+                            indent=2))
   print(f"wrote {out}")
 
 

@@ -11,7 +11,6 @@ batches after --warmup (worker start-up excluded), or as many as fit in --max_se
 Also prints what each step of the pipeline costs per example, timed alone. Prints a table
 and writes JSON (--out), with the load average: on a shared machine the rates move with it.
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource  
 
 from data_pipelines import pipeline, shards  # noqa: E402
 from data_pipelines.frontends import get_frontend  # noqa: E402
+from jepa_jax import config_lib  # noqa: E402
 
 flags.DEFINE_string("shard_dir", "benchmarks/results/pipeline_shards",
                     "generated shards (made when missing or different)")
@@ -49,10 +49,7 @@ SECONDS = 10.0
 
 
 def config(variant: str | None):
-  spec = importlib.util.spec_from_file_location("audio_jepa", ROOT / "configs" / "audio_jepa.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_lib.load(f"{ROOT / 'configs' / 'audio_jepa.py'}:{variant or ''}")
 
 
 def ensure_shards(shard_dir: Path, count: int) -> Path:

@@ -9,7 +9,6 @@ x tokens for passes that are trained (context encoder, predictor), 2 x params x 
 for the EMA target pass, plus attention (4 T^2 D per layer and sample forward, x3 when
 trained); no remat recompute and no padding are counted.
 """
-import functools
 import json
 import statistics
 import sys
@@ -18,14 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jepa_jax import checkpoint, masks, models, objectives, optim, train  # noqa: E402
+from jepa_jax import masks, models, objectives, optim, train  # noqa: E402
 from jepa_jax import mesh as mesh_lib
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
@@ -81,36 +79,24 @@ def time_step(config, batch: int) -> dict:
   tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), batch, 1000, 10,
                                        objective.ema_subtree)
   mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.rules(config)
-  init_rng, step_key = train.rngs(config)
   mels, frames = models.input_shape(config)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(functools.partial(train.init_state, objective, tx), init_rng)
-    shardings = mesh_lib.state_shardings(boxed, mesh, rules)
-    abstract = checkpoint.abstract_with_shardings(mesh_lib.strip_boxes(boxed), shardings)
-    bs = mesh_lib.batch_sharding(mesh)
-    abstract_batch = {"mel": jax.ShapeDtypeStruct((batch, mels, frames), jnp.float32, sharding=bs),
-                      "id": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=bs)}
+  t = time.perf_counter()
+  compiled = train.compile_step(config, objective, tx, schedules, mesh, mels, monitors=False)
+  compile_s = time.perf_counter() - t
+  cost = compiled.step.cost_analysis()
+  xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+  state = compiled.initial_state()
+  bs = compiled.batch_sharding
+  data = {"mel": jax.device_put(np.random.default_rng(0).normal(
+      size=(batch, mels, frames)).astype(np.float32), bs),
+          "id": jax.device_put(np.arange(batch, dtype=np.int32), bs)}
+  times = []
+  for i in range(FLAGS.steps + 2):
     t = time.perf_counter()
-    step = jax.jit(functools.partial(train.train_step, objective, tx, schedules, step_key),
-                   in_shardings=(shardings, bs),
-                   out_shardings=(shardings, mesh_lib.replicated(mesh)),
-                   donate_argnums=(0,)).lower(abstract, abstract_batch).compile()
-    compile_s = time.perf_counter() - t
-    cost = step.cost_analysis()
-    xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
-    state = jax.jit(lambda r: nn.unbox(train.init_state(objective, tx, r)),
-                    out_shardings=shardings)(init_rng)
-    data = {"mel": jax.device_put(np.random.default_rng(0).normal(
-        size=(batch, mels, frames)).astype(np.float32), bs),
-            "id": jax.device_put(np.arange(batch, dtype=np.int32), bs)}
-    times = []
-    for i in range(FLAGS.steps + 2):
-      t = time.perf_counter()
-      state, metrics = step(state, data)
-      jax.block_until_ready(metrics)
-      if i >= 2:
-        times.append(time.perf_counter() - t)
+    state, metrics = compiled.step(state, data)
+    jax.block_until_ready(metrics)
+    if i >= 2:
+      times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
   flops = analytic_flops(config, state["params"], batch)
   grid = objective.grid

@@ -1,7 +1,9 @@
 """Config variants (`file.py:name,k=v`), validation before anything compiles, and the
 check that a workdir's checkpoint came from a compatible config."""
 import functools
+import importlib.util
 import json
+from pathlib import Path
 
 import ml_collections
 
@@ -29,6 +31,18 @@ def parse_variant(arg: str | None, names: set[str], values: dict[str, type]) -> 
       raise ConfigError(f"unknown config variant {part!r} in {arg!r}; known: {sorted(names)}"
                         f" and values {sorted(values)} written k=v")
   return out
+
+
+def load(spec: str | Path) -> ml_collections.ConfigDict:
+  """The config a recipe file gives for a variant: 'configs/ajepa.py:demo,sets=4'
+  (what --config=... loads, for scripts and tests)."""
+  path, _, variant = str(spec).partition(":")
+  if not Path(path).is_file():
+    raise ConfigError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)
 
 
 # Encoder shapes (SPEC section 3): width, depth, heads, MLP width.

@@ -404,6 +404,8 @@ STRATEGIES: dict[str, Callable[..., MaskSet]] = {
     "time_and_frequency": time_and_frequency,
 }
 
+SCOPE = "mask_sampling"
+
 
 def sample(rng, batch_size: int, grid: tuple[int, int], cfg: ml_collections.ConfigDict,
            step=0, total_steps: int = 1) -> MaskSet:
@@ -411,8 +413,9 @@ def sample(rng, batch_size: int, grid: tuple[int, int], cfg: ml_collections.Conf
   if cfg.strategy not in STRATEGIES:
     raise ValueError(f"unknown mask strategy {cfg.strategy!r}; known: {sorted(STRATEGIES)}")
   k = cfg.num_sets
-  m = STRATEGIES[cfg.strategy](rng, batch_size * k, tuple(grid), cfg, step, total_steps)
-  return jax.tree.map(lambda x: x.reshape((batch_size, k) + x.shape[2:]), m)
+  with jax.named_scope(SCOPE):  # names the sampler's ops in profiles (benchmarks/masks.py)
+    m = STRATEGIES[cfg.strategy](rng, batch_size * k, tuple(grid), cfg, step, total_steps)
+    return jax.tree.map(lambda x: x.reshape((batch_size, k) + x.shape[2:]), m)
 
 
 def config_errors(cfg: ml_collections.ConfigDict, grid: tuple[int, int]) -> list[str]:

@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.linen as nn
@@ -95,6 +96,46 @@ def monitor_step(objective, step_key, state, batch):
                             jax.random.fold_in(step_key, step), step)
 
 
+@dataclasses.dataclass
+class CompiledStep:
+  step: Callable            # (state, batch) -> (state, metrics); donates the state
+  monitors: Callable | None  # (state, batch) -> collapse monitors of the last step
+  initial_state: Callable   # () -> the state at step 0, sharded
+  abstract_state: dict      # shapes, dtypes and shardings of the train state
+  shardings: dict
+  batch_sharding: jax.sharding.Sharding
+
+
+def compile_step(config: ml_collections.ConfigDict, objective, tx, schedules, mesh, n_mels: int,
+                 monitors: bool = True) -> CompiledStep:
+  """The train step (and monitor step) compiled ahead of time for the config's batch of
+  (n_mels, frames) log-mels, with the state sharded by the config's rules on `mesh`."""
+  rules = mesh_lib.rules(config)
+  init_rng, step_key = rngs(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(functools.partial(init_state, objective, tx), init_rng)
+    shardings = mesh_lib.state_shardings(boxed, mesh, rules)
+    abstract_state = checkpoint.abstract_with_shardings(mesh_lib.strip_boxes(boxed), shardings)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    b = config.train.batch_size
+    abstract_batch = {
+        "mel": jax.ShapeDtypeStruct((b, n_mels, config.data.frames), jnp.float32,
+                                    sharding=batch_sharding),
+        "id": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding)}
+    step = jax.jit(functools.partial(train_step, objective, tx, schedules, step_key),
+                   in_shardings=(shardings, batch_sharding),
+                   out_shardings=(shardings, mesh_lib.replicated(mesh)),
+                   donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
+    monitor = jax.jit(functools.partial(monitor_step, objective, step_key),
+                      in_shardings=(shardings, batch_sharding),
+                      out_shardings=mesh_lib.replicated(mesh),
+                      ).lower(abstract_state, abstract_batch).compile() if monitors else None
+    init = jax.jit(lambda rng: nn.unbox(init_state(objective, tx, rng)),
+                   out_shardings=shardings).lower(init_rng).compile()
+  return CompiledStep(step, monitor, functools.partial(init, init_rng), abstract_state,
+                      shardings, batch_sharding)
+
+
 def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """Refuse to resume a checkpoint written under an incompatible config."""
   saved_path = workdir / "config.json"
@@ -173,39 +214,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   objective = objectives.build(config, total_steps)
   tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
                                        total_steps, warmup_steps, objective.ema_subtree)
-  init_rng, step_key = rngs(config)
 
+  t = time.perf_counter()
+  compiled = compile_step(config, objective, tx, schedules, mesh,
+                          data.metadata["frontend"]["n_mels"])
+  timings["compile"] = time.perf_counter() - t
+  batch_sharding = compiled.batch_sharding
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(functools.partial(init_state, objective, tx), init_rng)
-    shardings = mesh_lib.state_shardings(boxed, mesh, rules)
-    abstract_state = checkpoint.abstract_with_shardings(mesh_lib.strip_boxes(boxed), shardings)
-    batch_sharding = mesh_lib.batch_sharding(mesh)
-    abstract_batch = {
-        "mel": jax.ShapeDtypeStruct((config.train.batch_size, data.metadata["frontend"]["n_mels"],
-                                     config.data.frames), jnp.float32, sharding=batch_sharding),
-        "id": jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32,
-                                   sharding=batch_sharding)}
-    t = time.perf_counter()
-    step_fn = jax.jit(functools.partial(train_step, objective, tx, schedules, step_key),
-                      in_shardings=(shardings, batch_sharding),
-                      out_shardings=(shardings, mesh_lib.replicated(mesh)),
-                      donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
-    monitor_fn = jax.jit(functools.partial(monitor_step, objective, step_key),
-                         in_shardings=(shardings, batch_sharding),
-                         out_shardings=mesh_lib.replicated(mesh),
-                         ).lower(abstract_state, abstract_batch).compile()
-    timings["compile"] = time.perf_counter() - t
-
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     iterator = iter(dataset)
     latest = ckpt.latest_step()
     if latest is not None:
-      state = ckpt.restore(latest, abstract_state, iterator)
+      state = ckpt.restore(latest, compiled.abstract_state, iterator)
       print(f"resumed from the checkpoint at step {latest} in {workdir}", flush=True)
     else:
-      init_fn = jax.jit(lambda rng: nn.unbox(init_state(objective, tx, rng)),
-                        out_shardings=shardings)
-      state = init_fn(init_rng)
+      state = compiled.initial_state()
       workdir.mkdir(parents=True, exist_ok=True)
       (workdir / "config.json").write_text(config.to_json(indent=2))
 
@@ -223,12 +246,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
       local = next(iterator)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                for k, v in local.items()}
-      state, metrics = step_fn(state, batch)
+      state, metrics = compiled.step(state, batch)
       if pending is not None:
         _ensure_finite(*pending, ckpt)
       pending = (step, metrics)
       if step % config.train.log_every == 0 or step == total_steps:
-        last_metrics = jax.device_get({**metrics, **monitor_fn(state, batch)})
+        last_metrics = jax.device_get({**metrics, **compiled.monitors(state, batch)})
         _ensure_finite(step, last_metrics, ckpt)
         rate = progress.update(step, last_metrics)
         writer.write(step, {**last_metrics, "steps_per_sec": rate})

@@ -36,6 +36,15 @@ def test_duration_and_demo_variants():
     audio_jepa.get_config("d=long")
 
 
+def test_load_gives_the_variant_of_the_recipe_file():
+  loaded = config_lib.load(ROOT / "configs" / "audio_jepa.py:demo,d=3.2")
+  assert loaded.to_dict() == audio_jepa.get_config("demo,d=3.2").to_dict()
+  assert config_lib.load(ROOT / "configs" / "audio_jepa.py").to_dict() == \
+      audio_jepa.get_config().to_dict()
+  with pytest.raises(config_lib.ConfigError, match="nowhere.py not found"):
+    config_lib.load("configs/nowhere.py:demo")
+
+
 def test_validate_lists_every_bad_field():
   c = audio_jepa.get_config("demo")
   c.mask.unstructured.target_ratio = 1.5
