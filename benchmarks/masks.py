@@ -25,12 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from jax.profiler import ProfileData  # noqa: E402
 
-from jepa_jax import config_lib, masks, models, objectives, optim, train  # noqa: E402
-from jepa_jax import mesh as mesh_lib  # noqa: E402
+from benchmarks.step_setup import benchmark_step  # noqa: E402
+from jepa_jax import config_lib, masks  # noqa: E402
 
 flags.DEFINE_integer("steps", 3, "profiled steps per case (after 2 warm-up steps)")
 flags.DEFINE_list("only", [], "run the in-step cases whose config contains one of these")
@@ -131,20 +130,11 @@ def op_seconds(trace_dir: str, module: str) -> dict[str, float]:
 
 def in_step(strategy: str, spec: str, batch: int) -> dict:
   config = load_config(spec, strategy, batch)
-  objective = objectives.build(config, total_steps=1000)
-  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), batch, 1000, 10,
-                                       objective.ema_subtree)
-  mels, frames = models.input_shape(config)
-  compiled = train.compile_step(config, objective, tx, schedules,
-                                mesh_lib.make_mesh(config.mesh), mels, monitors=False)
+  setup = benchmark_step(config, total_steps=1000)
+  compiled, state, data = setup.compiled, setup.state, setup.batch
   text = compiled.step.as_text()
   module = re.match(r"HloModule (\S+?),", text).group(1)
   sampler, containers = sampler_ops(text)
-  state = compiled.initial_state()
-  bs = compiled.batch_sharding
-  data = {"mel": jax.device_put(np.random.default_rng(0).normal(
-      size=(batch, mels, frames)).astype(np.float32), bs),
-          "id": jax.device_put(np.arange(batch, dtype=np.int32), bs)}
   for _ in range(2):
     state, metrics = compiled.step(state, data)
   jax.block_until_ready(metrics)
@@ -159,7 +149,7 @@ def in_step(strategy: str, spec: str, batch: int) -> dict:
     seconds = op_seconds(trace_dir, module)
   leaf = {n: s for n, s in seconds.items() if n not in containers}
   sampler_s = sum(s for n, s in leaf.items() if n in sampler)
-  return {"strategy": strategy, "config": spec, "batch": batch, "grid": list(objective.grid),
+  return {"strategy": strategy, "config": spec, "batch": batch, "grid": list(setup.objective.grid),
           "step_ms": 1e3 * wall / FLAGS.steps,
           "sampler_in_step_ms": 1e3 * sampler_s / FLAGS.steps,
           "op_time_ms": 1e3 * sum(leaf.values()) / FLAGS.steps,

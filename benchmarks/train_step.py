@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jepa_jax import masks, models, objectives, optim, train  # noqa: E402
-from jepa_jax import mesh as mesh_lib
+from benchmarks.step_setup import benchmark_step  # noqa: E402
+from jepa_jax import masks, objectives  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
 flags.DEFINE_list("batch_sizes", ["32", "64"], "global batch sizes")
@@ -75,21 +75,10 @@ def matmul_ceiling(m: int, k: int, n: int) -> float:
 
 def time_step(config, batch: int) -> dict:
   config.train.batch_size = batch
-  objective = objectives.build(config)
-  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), batch, 1000, 10,
-                                       objective.ema_subtree)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  mels, frames = models.input_shape(config)
-  t = time.perf_counter()
-  compiled = train.compile_step(config, objective, tx, schedules, mesh, mels, monitors=False)
-  compile_s = time.perf_counter() - t
+  setup = benchmark_step(config)
+  objective, compiled, state, data = setup.objective, setup.compiled, setup.state, setup.batch
   cost = compiled.step.cost_analysis()
   xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
-  state = compiled.initial_state()
-  bs = compiled.batch_sharding
-  data = {"mel": jax.device_put(np.random.default_rng(0).normal(
-      size=(batch, mels, frames)).astype(np.float32), bs),
-          "id": jax.device_put(np.arange(batch, dtype=np.int32), bs)}
   times = []
   for i in range(FLAGS.steps + 2):
     t = time.perf_counter()
@@ -103,7 +92,7 @@ def time_step(config, batch: int) -> dict:
   _, n_context, _ = token_counts(config)
   # The step's dominant GEMM: the context encoder's MLP, (B * Nc) x D x 4D.
   ceiling = matmul_ceiling(batch * n_context, config.model.width, config.model.mlp_dim)
-  return {"batch": batch, "tokens_per_clip": grid[0] * grid[1], "compile_s": compile_s,
+  return {"batch": batch, "tokens_per_clip": grid[0] * grid[1], "compile_s": setup.compile_s,
           "step_s": step_s, "samples_per_s": batch / step_s, "analytic_flops": flops,
           "xla_flops": xla_flops, "achieved_flops_per_s": flops / step_s,
           "matmul_ceiling_flops_per_s": ceiling,

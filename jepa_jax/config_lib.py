@@ -33,16 +33,21 @@ def parse_variant(arg: str | None, names: set[str], values: dict[str, type]) -> 
   return out
 
 
-def load(spec: str | Path) -> ml_collections.ConfigDict:
-  """The config a recipe file gives for a variant: 'configs/ajepa.py:demo,sets=4'
-  (what --config=... loads, for scripts and tests)."""
-  path, _, variant = str(spec).partition(":")
+def recipe_module(path: str | Path):
+  """A recipe file (configs/*.py) as a module, for its get_config(variant)."""
   if not Path(path).is_file():
     raise ConfigError(f"config file {path} not found")
   module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(variant or None)
+  return module
+
+
+def load(spec: str | Path) -> ml_collections.ConfigDict:
+  """The config a recipe file gives for a variant: 'configs/ajepa.py:demo,sets=4'
+  (what --config=... loads, for scripts and tests)."""
+  path, _, variant = str(spec).partition(":")
+  return recipe_module(path).get_config(variant or None)
 
 
 # Encoder shapes (SPEC section 3): width, depth, heads, MLP width.

@@ -1,15 +1,13 @@
 """A tiny Audio-JEPA config for fast tests (the demo recipe, shrunk)."""
-import importlib.util
 from pathlib import Path
+
+from jepa_jax import config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config_module(name: str = "audio_jepa"):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.recipe_module(ROOT / "configs" / f"{name}.py")
 
 
 def tiny_config(**train):
