@@ -70,6 +70,28 @@ HEAD_SIZES = {
 }
 
 
+# Fine-tuning on a labelled task (jepa_jax/finetune.py): AudioMAE's recipe (AS-20K / ESC-50
+# column: base lr 1e-3, AdamW (0.9, 0.999), wd 1e-4, layer decay 0.75, time / frequency
+# token dropping 0.2, mixup 0.5) with A-JEPA's regularised masking (10 % of keys per layer),
+# 60 epochs (4 warmup) shortened to 20 (2) for a CPU.
+FINETUNE_DEFAULTS = dict(
+    epochs=20, warmup_epochs=2.0, batch_size=32,
+    base_lr=1e-3,        # lr = base_lr * batch_size / 256, warmup then cosine to 0
+    b1=0.9, b2=0.999, weight_decay=1e-4,
+    layer_decay=0.75,    # encoder layer i's lr x layer_decay ** (L + 1 - i); head x 1
+    mixup=0.5,           # Beta(mixup, mixup) mixing of spectrograms and targets; 0 = off
+    drop_freq=0.2,       # fraction of frequency rows of the token grid dropped; 0 = off
+    drop_time=0.2,       # fraction of time columns of the token grid dropped; 0 = off
+    rm_rate=0.1,         # regularised masking: keys dropped per layer; 0 = off
+    balanced_sampling=True,  # multi-label tasks: sample by summed inverse class counts
+    seeds=3, seed=0)     # seeds seed, seed + 1, ...; each runs every fold
+
+
+def finetune_config(**overrides) -> ml_collections.ConfigDict:
+  """The `finetune` section: FINETUNE_DEFAULTS with `overrides`."""
+  return ml_collections.ConfigDict({**FINETUNE_DEFAULTS, **overrides})
+
+
 def base_config(objective: str, frontend: str, frames: int) -> ml_collections.ConfigDict:
   """The fields every recipe has, with ViT-B/16 and neutral defaults; a recipe file
   overrides what its paper sets."""
@@ -102,6 +124,7 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
   # Linear probe after training (EVAR protocol) on the embedded corpus's held-out tasks.
   c.probe = ml_collections.ConfigDict(dict(
       seeds=3, lr=1e-3, max_epochs=200, patience=20, batch_size=128, chunk_batch=64))
+  c.finetune = finetune_config()
   return c
 
 
@@ -136,6 +159,52 @@ def _positive(errors, config, section: str, *names):
   for name in names:
     value = node[name]
     _check(errors, value > 0, f"{section}.{name} must be > 0, got {value}")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def finetune_errors(f, section: str = "finetune") -> list[str]:
+  """Errors of a fine-tuning section (a ConfigDict or a dict of FINETUNE_DEFAULTS' fields)."""
+  e: list[str] = []
+  unknown = sorted(set(f) - set(FINETUNE_DEFAULTS))
+  missing = sorted(set(FINETUNE_DEFAULTS) - set(f))
+  _check(e, not unknown, f"{section}: unknown field(s) {', '.join(unknown)}; known: "
+         f"{', '.join(sorted(FINETUNE_DEFAULTS))}")
+  _check(e, not missing, f"{section}: missing field(s) {', '.join(missing)}")
+  if unknown or missing:
+    return e
+  for name in ("epochs", "batch_size", "seeds"):
+    _check(e, _is_int(f[name]) and f[name] >= 1,
+           f"{section}.{name} must be an integer >= 1, got {f[name]!r}")
+  _check(e, _is_int(f["seed"]) and f["seed"] >= 0,
+         f"{section}.seed must be an integer >= 0, got {f['seed']!r}")
+  numbers = ("warmup_epochs", "base_lr", "b1", "b2", "weight_decay", "layer_decay", "mixup",
+             "drop_freq", "drop_time", "rm_rate")
+  bad = [n for n in numbers if not isinstance(f[n], (int, float)) or isinstance(f[n], bool)]
+  for name in bad:
+    e.append(f"{section}.{name} must be a number, got {f[name]!r}")
+  if bad:
+    return e
+  _check(e, f["base_lr"] > 0, f"{section}.base_lr must be > 0, got {f['base_lr']}")
+  _check(e, 0 <= f["b1"] < 1 and 0 <= f["b2"] < 1,
+         f"{section}.b1/b2 must be in [0, 1), got {f['b1']}, {f['b2']}")
+  _check(e, f["weight_decay"] >= 0, f"{section}.weight_decay must be >= 0, got "
+         f"{f['weight_decay']}")
+  if _is_int(f["epochs"]):
+    _check(e, 0 <= f["warmup_epochs"] < f["epochs"], f"{section}.warmup_epochs must be in "
+           f"[0, {section}.epochs={f['epochs']}), got {f['warmup_epochs']}")
+  _check(e, 0 < f["layer_decay"] <= 1, f"{section}.layer_decay must be in (0, 1] (1 = off), "
+         f"got {f['layer_decay']}")
+  _check(e, f["mixup"] >= 0, f"{section}.mixup is the Beta(alpha, alpha) parameter, >= 0 "
+         f"(0 = off), got {f['mixup']}")
+  for name in ("drop_freq", "drop_time", "rm_rate"):
+    _check(e, 0 <= f[name] < 1, f"{section}.{name} is a fraction of tokens in [0, 1) "
+           f"(0 = off), got {f[name]}")
+  _check(e, isinstance(f["balanced_sampling"], bool),
+         f"{section}.balanced_sampling must be True or False, got {f['balanced_sampling']!r}")
+  return e
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -210,6 +279,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"mesh sizes must be >= 1 with at most one -1 (fill), got {mesh_sizes}")
   _positive(e, config, "probe", "seeds", "lr", "max_epochs", "patience", "batch_size",
             "chunk_batch")
+  if "finetune" in config:  # configs saved before fine-tuning existed have none
+    e.extend(finetune_errors(config.finetune))
 
   if config.objective in objectives.OBJECTIVES:
     e.extend(objectives.OBJECTIVES[config.objective].config_errors(config))
@@ -219,7 +290,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # Fields that may change when a run resumes: they do not change what is computed.
 RESUME_FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-               "data.worker_count", "mesh", "probe",
+               "data.worker_count", "mesh", "probe", "finetune",
                "model.remat", "predictor.remat", "decoder.remat")  # memory, not values
 
 

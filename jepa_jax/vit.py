@@ -3,7 +3,9 @@
 Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'kv', 'patch');
 mesh.py maps them to mesh axes by the rules in the config, so model code never names
 a device axis. Attention goes through `jax.nn.dot_product_attention` with an optional
-key mask: padded tokens, block masks and regularised masking all switch keys off.
+key mask: padded tokens and block masks switch keys off in every layer; A-JEPA's
+regularised masking (fine-tuning only) switches off a different random set of keys in
+each layer, through the same mask (`regularised_key_masks`, `layer_key_masks`).
 Attention is global, or local to windows of the (frequency, time) token grid with
 Swin-style cyclic shifts on alternate blocks (A-JEPA predictor, AudioMAE decoder).
 """
@@ -219,8 +221,36 @@ def scan_period(windows: Windows | None) -> int:
   return 2 if windows is not None and any(windows.shift) else 1
 
 
+def layer_mask(key_mask: jnp.ndarray | None, extra: jnp.ndarray | None) -> jnp.ndarray | None:
+  """The key mask of one layer: `key_mask` (B, S) and that layer's `extra` (B, S), either
+  of which may be None."""
+  if key_mask is None or extra is None:
+    return extra if key_mask is None else key_mask
+  return key_mask & extra
+
+
+def regularised_key_masks(rng: jax.Array, depth: int, batch: int, tokens: int, rate: float,
+                          valid: jnp.ndarray | None = None) -> jnp.ndarray:
+  """(depth, batch, tokens) bool key masks of A-JEPA's regularised masking, False at the
+  keys a layer drops: in each layer and example, floor(rate * n) of its n valid tokens
+  (`valid` (batch, tokens), all when None), chosen uniformly at random and independently
+  per layer, but never all n. Padding is never chosen (the valid mask hides it anyway)."""
+  n = jnp.full((batch,), tokens, jnp.int32) if valid is None else valid.sum(-1, dtype=jnp.int32)
+  # The epsilon keeps float rounding from flooring a whole rate * n one too low.
+  drop = jnp.floor(rate * n.astype(jnp.float32) + 1e-4).astype(jnp.int32)
+  drop = jnp.clip(drop, 0, jnp.maximum(n - 1, 0))
+  u = jax.random.uniform(rng, (depth, batch, tokens))
+  if valid is not None:
+    u = jnp.where(valid[None], u, 2.0)  # padding ranks after every valid token
+  # Random ranks: the `drop` lowest-ranked tokens are a uniform random subset of that size.
+  rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+  return rank >= drop[None, :, None]
+
+
 class BlockGroup(nn.Module):
-  """`period` consecutive blocks, the body of a scanned stack: (x, key_mask) -> (x, None)."""
+  """`period` consecutive blocks, the body of a scanned stack:
+  (x, key_mask, layer_key_masks) -> (x, None). `key_mask` (B, S) is the same for every
+  block; `layer_key_masks` (period, B, S), or None, adds one mask per block."""
   period: int
   num_heads: int
   mlp_dim: int
@@ -229,10 +259,12 @@ class BlockGroup(nn.Module):
   windows: Windows | None = None
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None) -> tuple[jnp.ndarray, None]:
+  def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None,
+               layer_key_masks: jnp.ndarray | None = None) -> tuple[jnp.ndarray, None]:
     for j in range(self.period):
+      extra = None if layer_key_masks is None else layer_key_masks[j]
       x = Block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                block_windows(self.windows, j), name=f"block_{j}")(x, key_mask)
+                block_windows(self.windows, j), name=f"block_{j}")(x, layer_mask(key_mask, extra))
     return x, None
 
 
@@ -246,6 +278,10 @@ class Transformer(nn.Module):
       'block_j' (j < scan_period(windows)) with every leaf stacked on a leading axis
       (logical name 'layers'); entry i of 'layers/block_j' is block i * period + j.
   `remat` (REMAT) recomputes activations in the backward pass to save memory.
+
+  `key_mask` (B, S) switches keys off in every block; `layer_key_masks` (depth, B, S), or
+  None, switches keys off in block i by its entry i as well (regularised masking: the
+  scanned stack scans over them, in (depth // period, period) groups).
   """
   depth: int
   num_heads: int
@@ -257,7 +293,12 @@ class Transformer(nn.Module):
   remat: str = "none"
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None,
+               layer_key_masks: jnp.ndarray | None = None) -> jnp.ndarray:
+    if layer_key_masks is not None and layer_key_masks.shape != (self.depth,) + x.shape[:2]:
+      raise ValueError(f"layer_key_masks of shape {layer_key_masks.shape} given to {self.depth} "
+                       f"blocks over {x.shape[:2]} tokens; expected "
+                       f"{(self.depth,) + x.shape[:2]}")
     if self.scan:
       period = scan_period(self.windows)
       if self.depth % period:
@@ -266,15 +307,20 @@ class Transformer(nn.Module):
                          f"an even depth or turn layer scanning off")
       stack = nn.scan(checkpointed(BlockGroup, self.remat, in_scan=True),
                       variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=nn.broadcast, length=self.depth // period,
+                      in_axes=(nn.broadcast, 0), length=self.depth // period,
                       metadata_params={nn.PARTITION_NAME: LAYER_AXIS})
+      if layer_key_masks is not None:  # step i runs blocks i * period + j, j < period
+        layer_key_masks = layer_key_masks.reshape(
+            (self.depth // period, period) + layer_key_masks.shape[1:])
       x, _ = stack(period, self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                   self.windows, name="layers")(x, key_mask)
+                   self.windows, name="layers")(x, key_mask, layer_key_masks)
     else:
       block = checkpointed(Block, self.remat, in_scan=False)
       for i in range(self.depth):
+        extra = None if layer_key_masks is None else layer_key_masks[i]
         x = block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                  block_windows(self.windows, i), name=f"block_{i}")(x, key_mask)
+                  block_windows(self.windows, i), name=f"block_{i}")(
+                      x, layer_mask(key_mask, extra))
     return layer_norm("norm")(x)
 
 
@@ -356,7 +402,9 @@ class Encoder(nn.Module):
 
   Call with the patches it should see: `patches` (B, M, pf*pt) at token positions
   `idx` (B, M) (every position in order when None), and `valid` (B, M) marking real
-  tokens (padding is never attended to).
+  tokens (padding is never attended to). `layer_key_masks` (depth, B, M), from
+  `regularised_key_masks`, is for fine-tuning only: block i also ignores the keys its
+  entry marks False. Leave it None for inference (plain attention).
   """
   grid: tuple[int, int]
   patch_shape: tuple[int, int]
@@ -372,7 +420,8 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, patches: jnp.ndarray, idx: jnp.ndarray | None = None,
-               valid: jnp.ndarray | None = None) -> jnp.ndarray:
+               valid: jnp.ndarray | None = None,
+               layer_key_masks: jnp.ndarray | None = None) -> jnp.ndarray:
     pf, pt = self.patch_shape
     if patches.shape[-1] != pf * pt:
       raise ValueError(f"patches of {patches.shape[-1]} values given to an encoder of "
@@ -389,4 +438,4 @@ class Encoder(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
                        self.attention_impl, scan=self.scan, remat=self.remat,
-                       name="transformer")(x, valid)
+                       name="transformer")(x, valid, layer_key_masks)
