@@ -2,7 +2,8 @@
 computes them: the clip's log-mel is cut into model-length chunks, each chunk is
 encoded without masking, the frequency tokens of each time step are concatenated
 (5 x 768 = 3840-d for ViT-B on 80 mels) and the result is averaged over every time
-step of the clip that holds audio (padding of the last chunk is left out).
+step of the clip that holds audio (padding of the last chunk is left out). The
+frequency tokens can be averaged instead (`freq_pool='mean'`, width-d embeddings).
 """
 import functools
 import math
@@ -35,34 +36,48 @@ def chunk(mels: list[np.ndarray], frames: int, patch_frames: int, pad_value):
   return np.stack(chunks), np.asarray(owner), np.asarray(cols)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _chunk_sums(encoder: vit.Encoder, params, chunks, cols):
-  """Per chunk: sum over its real time steps of the concatenated frequency tokens."""
+FREQ_POOLS = ("concat", "mean")  # how the frequency tokens of one time step are combined
+
+
+def embedding_size(encoder: vit.Encoder, freq_pool: str) -> int:
+  return encoder.width * (encoder.grid[0] if freq_pool == "concat" else 1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _time_steps(encoder: vit.Encoder, params, chunks, freq_pool: str):
+  """(C, time patches, D): each time step's frequency tokens, concatenated or averaged."""
   tokens = encoder.apply({"params": params}, patches_lib.patchify(chunks, encoder.patch_shape))
   gf, gt = encoder.grid
-  z = tokens.reshape(chunks.shape[0], gf, gt, -1).transpose(0, 2, 1, 3)
-  z = z.reshape(chunks.shape[0], gt, -1).astype(jnp.float32)  # (C, time, freq * width)
-  real = (jnp.arange(gt)[None, :] < cols[:, None]).astype(jnp.float32)
-  return (z * real[..., None]).sum(1)
+  z = tokens.reshape(chunks.shape[0], gf, gt, -1).transpose(0, 2, 1, 3).astype(jnp.float32)
+  return z.reshape(chunks.shape[0], gt, -1) if freq_pool == "concat" else z.mean(2)
 
 
-def clip_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames: int,
-                    pad_value, batch_size: int = 64) -> np.ndarray:
-  """(num clips, freq patches * width) embeddings; one compiled shape for all clips."""
+def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames: int,
+                     pad_value, batch_size: int = 64, freq_pool: str = "concat"
+                     ) -> list[np.ndarray]:
+  """Per clip, (time patches holding audio, D) embeddings, one per time patch of the
+  `frames`-long chunks laid end to end. Batches of chunks are padded to `batch_size`:
+  one compiled shape whatever the clips' lengths."""
+  if freq_pool not in FREQ_POOLS:
+    raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(FREQ_POOLS)}")
   chunks, owner, cols = chunk(mels, frames, encoder.patch_shape[1], pad_value)
-  sums = np.zeros((len(mels), encoder.grid[0] * encoder.width), np.float64)
-  counts = np.zeros(len(mels), np.float64)
+  steps = []
   for start in range(0, len(chunks), batch_size):
     part = chunks[start:start + batch_size]
-    part_cols = cols[start:start + batch_size]
     n = len(part)
     if n < batch_size:  # pad the last batch instead of compiling a new shape
       part = np.concatenate([part, np.zeros((batch_size - n,) + part.shape[1:], part.dtype)])
-      part_cols = np.concatenate([part_cols, np.zeros(batch_size - n, part_cols.dtype)])
-    out = np.asarray(_chunk_sums(encoder, params, jnp.asarray(part), jnp.asarray(part_cols)))
-    np.add.at(sums, owner[start:start + n], out[:n])
-    np.add.at(counts, owner[start:start + n], cols[start:start + n])
-  return (sums / counts[:, None]).astype(np.float32)
+    steps.append(np.asarray(_time_steps(encoder, params, jnp.asarray(part), freq_pool))[:n])
+  steps = np.concatenate(steps)
+  return [np.concatenate([steps[c, :cols[c]] for c in np.flatnonzero(owner == i)])
+          for i in range(len(mels))]
+
+
+def clip_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames: int,
+                    pad_value, batch_size: int = 64, freq_pool: str = "concat") -> np.ndarray:
+  """(num clips, D) embeddings: the mean over time of `frame_embeddings`."""
+  return np.stack([f.mean(0) for f in frame_embeddings(
+      encoder, params, mels, frames, pad_value, batch_size, freq_pool)]).astype(np.float32)
 
 
 def mean_logmel(mels: list[np.ndarray]) -> np.ndarray:

@@ -88,7 +88,7 @@ def run(argv) -> None:
   if not FLAGS.workdir:
     _fail("--workdir is required (a folder for checkpoints, metrics and the export)")
 
-  from jepa_jax import datasets, linear_eval, train
+  from jepa_jax import datasets, evaluate, train
   try:
     result = train.train(config, FLAGS.workdir)
   except (config_lib.ConfigError, datasets.DataError, train.IncompatibleWorkdirError,
@@ -101,11 +101,11 @@ def run(argv) -> None:
   summary = {"steps": result.step, "final_loss": result.last_metrics.get("loss"),
              "timings_s": {k: round(v, 1) for k, v in result.timings.items()}}
   if FLAGS.probe and not datasets.resolve(config).probe_tasks:
-    print("prepared data has no probe tasks: run python -m jepa_jax.linear_eval "
+    print("prepared data has no probe tasks: run python -m jepa_jax.evaluate "
           "--workdir=... --task=DIR", file=sys.stderr)
   elif FLAGS.probe:
     t = time.perf_counter()
-    summary = {**linear_eval.evaluate_workdir(FLAGS.workdir), **summary}
+    summary = {**evaluate.probe_workdir(FLAGS.workdir), **summary}
     summary["timings_s"]["probe"] = round(time.perf_counter() - t, 1)
   print(json.dumps(summary))
 

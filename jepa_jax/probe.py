@@ -1,13 +1,18 @@
-"""Linear probe (EVAR protocol, as the Audio-JEPA paper evaluates).
+"""Heads trained on frozen features: the `linear` (EVAR) and `mlp` (HEAR) protocols.
 
-Features standardised with statistics of the training split; one linear layer trained
-with Adam on cross-entropy for up to `max_epochs`, early stopping on the validation
-split with `patience` epochs (best = highest validation accuracy, ties to the lower
-validation loss), the best epoch's weights restored, test accuracy reported; repeated
-for several seeds (initialisation and batch order), mean and sample std.
+One trainer for both. Features are standardised with statistics of the training split;
+the head (no hidden layer for `linear`; for `mlp` 1 or 2 hidden layers of 1024 units,
+each Linear -> BatchNorm -> Dropout(0.1) -> ReLU as hear-eval-kit builds them) is
+trained with Adam on softmax cross-entropy (single-label) or sigmoid binary
+cross-entropy (multi-label), for up to `max_epochs`, with early stopping on the
+validation split after `patience` epochs without improvement (score: accuracy, ties to
+the lower validation loss; mAP for multi-label tasks); the best epoch's weights are
+restored and scored on the test split. Repeated for several seeds (initialisation,
+batch order, dropout), mean and sample std.
 
-All seeds train at once (vmapped) and all epochs run in one compiled scan, so a probe
-costs well under a second on a few thousand clips.
+Every (seed, learning rate) pair trains at once (vmapped), epochs run in one compiled
+loop that ends when every pair has stopped, so a probe costs seconds on a few thousand
+clips. Layers start as torch.nn.Linear does: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 """
 import dataclasses
 import functools
@@ -17,11 +22,33 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jepa_jax import scores
+
+CLASS_PAD = 8  # classes are padded to a multiple of this: tasks share one compiled probe
+BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # torch.nn.BatchNorm1d
+MLP_WIDTH, MLP_DROPOUT = 1024, 0.1
+MLP_DEPTHS = (1, 2)
+MLP_LEARNING_RATES = (3.2e-3, 1e-3, 3.2e-4, 1e-4)  # hear-eval-kit's grid
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
   x: np.ndarray  # (n, d) float32
-  y: np.ndarray  # (n,) int
+  y: np.ndarray  # (n,) int classes, or (n, classes) multi-hot for multi-label tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  hidden: tuple[int, ...] = ()  # () = a linear probe
+  dropout: float = 0.0
+  batchnorm: bool = False
+
+
+LINEAR = Head()
+
+
+def mlp_head(depth: int) -> Head:
+  return Head(hidden=(MLP_WIDTH,) * depth, dropout=MLP_DROPOUT, batchnorm=True)
 
 
 def standardize(train: np.ndarray, *others: np.ndarray):
@@ -31,88 +58,162 @@ def standardize(train: np.ndarray, *others: np.ndarray):
   return [(a - mean) / std for a in (train, *others)]
 
 
-def _init(key, d, c):
-  # torch.nn.Linear's default: U(-1/sqrt(d), 1/sqrt(d)) for weights and bias.
+def _linear_init(key, d_in, d_out):
   kw, kb = jax.random.split(key)
-  bound = 1.0 / np.sqrt(d)
-  return {"w": jax.random.uniform(kw, (d, c), minval=-bound, maxval=bound),
-          "b": jax.random.uniform(kb, (c,), minval=-bound, maxval=bound)}
+  bound = 1.0 / np.sqrt(d_in)
+  return {"w": jax.random.uniform(kw, (d_in, d_out), minval=-bound, maxval=bound),
+          "b": jax.random.uniform(kb, (d_out,), minval=-bound, maxval=bound)}
 
 
-CLASS_PAD = 8  # classes are padded to a multiple of this: tasks share one compiled probe
+def init(head: Head, key, d: int, num_classes: int):
+  """(params, batch statistics) of a fresh head."""
+  dims = (d, *head.hidden, num_classes)
+  keys = jax.random.split(key, len(dims) - 1)
+  params = {"layers": [_linear_init(k, a, b) for k, a, b in zip(keys, dims[:-1], dims[1:])]}
+  stats = []
+  if head.batchnorm:
+    params["bn"] = [{"scale": jnp.ones(h), "bias": jnp.zeros(h)} for h in head.hidden]
+    stats = [{"mean": jnp.zeros(h), "var": jnp.ones(h)} for h in head.hidden]
+  return params, stats
 
 
-def _logits(p, x, classes):
-  """Padded classes (`classes` False) get a logit no softmax or argmax ever picks."""
-  return jnp.where(classes, x @ p["w"] + p["b"], -1e9)
+def apply(head: Head, params, stats, x, *, train: bool = False, key=None):
+  """Logits, and the batch statistics after this batch (updated only in training)."""
+  new_stats = []
+  for i, layer in enumerate(params["layers"][:-1]):
+    x = x @ layer["w"] + layer["b"]
+    if head.batchnorm:
+      s, bn = stats[i], params["bn"][i]
+      if train:
+        mean, var = x.mean(0), x.var(0)
+        n = x.shape[0]
+        new_stats.append({"mean": (1 - BN_MOMENTUM) * s["mean"] + BN_MOMENTUM * mean,
+                          "var": (1 - BN_MOMENTUM) * s["var"] + BN_MOMENTUM * var * n / (n - 1)})
+      else:
+        mean, var = s["mean"], s["var"]
+        new_stats.append(s)
+      x = (x - mean) / jnp.sqrt(var + BN_EPS) * bn["scale"] + bn["bias"]
+    if train and head.dropout > 0:
+      keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1 - head.dropout, x.shape)
+      x = jnp.where(keep, x / (1 - head.dropout), 0.0)
+    x = jax.nn.relu(x)
+  last = params["layers"][-1]
+  return x @ last["w"] + last["b"], new_stats
 
 
-def _xent(p, x, y, classes):
-  return optax.softmax_cross_entropy_with_integer_labels(_logits(p, x, classes), y).mean()
+def _loss(logits, y, classes, multilabel: bool):
+  """Mean loss over examples; padded classes (`classes` False) take no part."""
+  if multilabel:
+    per_class = optax.sigmoid_binary_cross_entropy(logits, y)
+    return (per_class * classes).sum(-1).mean() / classes.sum()
+  logits = jnp.where(classes, logits, -1e9)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-@functools.partial(jax.jit, static_argnames=("lr", "max_epochs", "patience", "batch_size"))
-def _fit(keys, x_tr, y_tr, x_va, y_va, classes, *, lr, max_epochs, patience, batch_size):
-  """Best-validation parameters for each key (vmapped over keys), and each epoch's
-  validation accuracy (held constant once early stopping has frozen the weights).
-  `classes` (C,) marks the real classes among the padded ones."""
+def _mean_average_precision(logits, y, classes):
+  """mAP over the real classes that have a positive (on device; ties broken by order)."""
+  order = jnp.argsort(-logits, axis=0)
+  pos = jnp.take_along_axis(y, order, axis=0)
+  precision = jnp.cumsum(pos, 0) / jnp.arange(1, y.shape[0] + 1)[:, None]
+  count = pos.sum(0)
+  ap = (precision * pos).sum(0) / jnp.maximum(count, 1)
+  scored = classes & (count > 0)
+  return (ap * scored).sum() / jnp.maximum(scored.sum(), 1)
+
+
+def _score(logits, y, classes, multilabel: bool):
+  if multilabel:
+    return _mean_average_precision(logits, y, classes)
+  return (jnp.where(classes, logits, -1e9).argmax(-1) == y).mean()
+
+
+@functools.partial(jax.jit, static_argnames=("head", "multilabel", "max_epochs", "patience",
+                                             "batch_size"))
+def fit(head: Head, keys, lrs, x_tr, y_tr, x_va, y_va, classes, *, multilabel: bool,
+        max_epochs: int, patience: int, batch_size: int):
+  """Train one head per (key, lr) pair (vmapped over both arrays' leading axis).
+
+  Returns the best-validation (params, batch statistics), each epoch's validation score
+  (held at its last value once early stopping has frozen the weights; (pairs,
+  max_epochs)) and the best validation score. `classes` (C,) marks the real classes
+  among the padded ones.
+  """
   n, d = x_tr.shape
-  num_classes = classes.shape[0]
   steps = -(-n // batch_size)
-  tx = optax.adam(lr)
 
-  def one_seed(key):
+  def one(key, lr):
     init_key, order_key = jax.random.split(key)
-    params = _init(init_key, d, num_classes)
+    params, stats = init(head, init_key, d, classes.shape[0])
+    tx = optax.adam(lr)
 
-    def epoch(carry, epoch_key):
-      params, opt_state, best, best_acc, best_loss, bad = carry
-      active = bad < patience
+    def loss_fn(p, s, idx, step_key):
+      logits, new_s = apply(head, p, s, x_tr[idx], train=True, key=step_key)
+      return _loss(logits, y_tr[idx], classes, multilabel), new_s
+
+    def epoch(carry):
+      e, params, stats, opt_state, best, best_score, best_loss, bad, history = carry
+      epoch_key = jax.random.fold_in(order_key, e)
       # Every example once per epoch; the last batch is filled by wrapping around.
       order = jax.random.permutation(epoch_key, n)
       order = jnp.concatenate([order, order[: steps * batch_size - n]]).reshape(steps, -1)
 
-      def sgd_step(c, idx):
-        p, s = c
-        grads = jax.grad(_xent)(p, x_tr[idx], y_tr[idx], classes)
-        updates, s = tx.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s), None
+      def step(c, inputs):
+        p, s, o = c
+        i, idx = inputs
+        grads, s = jax.grad(loss_fn, has_aux=True)(p, s, idx, jax.random.fold_in(epoch_key, i))
+        updates, o = tx.update(grads, o, p)
+        return (optax.apply_updates(p, updates), s, o), None
 
-      (new_params, new_state), _ = jax.lax.scan(sgd_step, (params, opt_state), order)
-      params = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_params, params)
-      opt_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, opt_state)
-      acc = (_logits(params, x_va, classes).argmax(-1) == y_va).mean()
-      loss = _xent(params, x_va, y_va, classes)
-      improved = active & ((acc > best_acc) | ((acc == best_acc) & (loss < best_loss)))
-      best = jax.tree.map(lambda a, b: jnp.where(improved, a, b), params, best)
-      best_acc = jnp.where(improved, acc, best_acc)
-      best_loss = jnp.where(improved, loss, best_loss)
-      bad = jnp.where(improved, 0, bad + 1)
-      return (params, opt_state, best, best_acc, best_loss, bad), acc
+      (params, stats, opt_state), _ = jax.lax.scan(
+          step, (params, stats, opt_state), (jnp.arange(steps), order))
+      logits, _ = apply(head, params, stats, x_va)
+      score = _score(logits, y_va, classes, multilabel)
+      loss = _loss(logits, y_va, classes, multilabel)
+      improved = (score > best_score) | ((score == best_score) & (loss < best_loss))
+      best = jax.tree.map(lambda a, b: jnp.where(improved, a, b), (params, stats), best)
+      # Later epochs overwrite; once stopped, the tail keeps the last score.
+      history = jnp.where(jnp.arange(max_epochs) >= e, score, history)
+      return (e + 1, params, stats, opt_state, best, jnp.where(improved, score, best_score),
+              jnp.where(improved, loss, best_loss), jnp.where(improved, 0, bad + 1), history)
 
-    carry = (params, tx.init(params), params, jnp.array(-1.0), jnp.array(jnp.inf),
-             jnp.array(0))
-    carry, history = jax.lax.scan(epoch, carry, jax.random.split(order_key, max_epochs))
-    return carry[2], history
+    def running(carry):
+      e, bad = carry[0], carry[7]
+      return (e < max_epochs) & (bad < patience)
 
-  return jax.vmap(one_seed)(keys)
+    carry = (jnp.array(0), params, stats, tx.init(params), (params, stats), jnp.array(-1.0),
+             jnp.array(jnp.inf), jnp.array(0), jnp.zeros(max_epochs))
+    carry = jax.lax.while_loop(running, epoch, carry)
+    return carry[4], carry[8], carry[5]
 
-
-def linear_probe(train: Split, valid: Split, test: Split, num_classes: int, *, seeds: int,
-                 lr: float, max_epochs: int, patience: int, batch_size: int) -> dict:
-  """Test accuracy per seed, its mean and sample std."""
-  x_tr, x_va, x_te = standardize(train.x, valid.x, test.x)
-  classes = jnp.arange(-(-num_classes // CLASS_PAD) * CLASS_PAD) < num_classes
-  best, _ = _fit(jax.random.split(jax.random.key(0), seeds),
-                 jnp.asarray(x_tr), jnp.asarray(train.y), jnp.asarray(x_va),
-                 jnp.asarray(valid.y), classes, lr=lr, max_epochs=max_epochs,
-                 patience=patience, batch_size=min(batch_size, len(train.y)))
-  logits = jax.vmap(_logits, in_axes=(0, None, None))(best, jnp.asarray(x_te), classes)
-  return seed_summary(np.asarray((logits.argmax(-1) == jnp.asarray(test.y)).mean(-1)))
+  return jax.vmap(one)(keys, lrs)
 
 
-def seed_summary(per_seed: np.ndarray) -> dict:
-  """Accuracy per seed, its mean and sample std (0 for a single seed)."""
-  per_seed = np.asarray(per_seed, np.float64)
-  return {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()),
-          "std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0}
+def _padded(y: np.ndarray, num_classes: int, multilabel: bool):
+  width = -(-num_classes // CLASS_PAD) * CLASS_PAD
+  if multilabel:
+    y = np.pad(y, ((0, 0), (0, width - num_classes)))
+  return jnp.asarray(y), jnp.arange(width) < num_classes
+
+
+def train_head(head: Head, train: Split, valid: Split, test: Split, num_classes: int,
+               multilabel: bool, *, seeds: int, lrs: tuple[float, ...], max_epochs: int,
+               patience: int, batch_size: int, seed: int = 0) -> dict:
+  """Train `seeds` heads per learning rate; keep the learning rate with the best mean
+  validation score. Returns its test scores per seed (`per_seed`: a list of
+  scores.task_scores dicts), the chosen `lr` and its mean `valid_score`."""
+  x_tr, x_va, x_te = (jnp.asarray(a, jnp.float32) for a in
+                      standardize(train.x, valid.x, test.x))
+  y_tr, classes = _padded(train.y, num_classes, multilabel)
+  y_va, _ = _padded(valid.y, num_classes, multilabel)
+  keys = jax.random.split(jax.random.key(seed), seeds)
+  pair_keys = jnp.concatenate([keys] * len(lrs))
+  pair_lrs = jnp.repeat(jnp.asarray(lrs, jnp.float32), seeds)
+  (params, stats), _, best = fit(
+      head, pair_keys, pair_lrs, x_tr, y_tr, x_va, y_va, classes, multilabel=multilabel,
+      max_epochs=max_epochs, patience=patience, batch_size=min(batch_size, len(train.x)))
+  chosen = int(np.asarray(best).reshape(len(lrs), seeds).mean(1).argmax())
+  logits = jax.vmap(lambda p, s: apply(head, p, s, x_te)[0])(params, stats)
+  logits = np.asarray(logits)[chosen * seeds:(chosen + 1) * seeds, :, :num_classes]
+  return {"per_seed": [scores.task_scores(z, test.y, multilabel) for z in logits],
+          "lr": float(lrs[chosen]),
+          "valid_score": float(np.asarray(best).reshape(len(lrs), seeds)[chosen].mean())}

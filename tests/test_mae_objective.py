@@ -126,14 +126,14 @@ def test_folded_input_norm_is_the_evaluation_mode_batch_norm():
   got = x * np.asarray(folded["scale"])[:, None] + np.asarray(folded["shift"])[:, None]
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
   # Evaluation applies the exported transform after the scalar normalisation.
-  from jepa_jax import linear_eval
+  from jepa_jax import task_data
   meta = {"normalization": {"mean": 2.0, "std": 4.0}, "input_norm": folded}
   np.testing.assert_allclose(
-      linear_eval.normalize(x[0] * 4.0 + 2.0, meta), got[0], rtol=1e-5, atol=1e-5)
+      task_data.normalize(x[0] * 4.0 + 2.0, meta), got[0], rtol=1e-5, atol=1e-5)
 
 
 def test_mae_run_trains_exports_its_input_norm_and_evaluates(tmp_path):
-  from jepa_jax import linear_eval, train
+  from jepa_jax import evaluate, train
   config = tiny_mae_config(checkpoint_every=100)
   config.mae.input_norm = "batch_norm"
   result = train.train(config, tmp_path)
@@ -145,5 +145,5 @@ def test_mae_run_trains_exports_its_input_norm_and_evaluates(tmp_path):
   meta = json.loads((tmp_path / "export" / "frontend.json").read_text())
   scale = np.asarray(meta["input_norm"]["scale"])
   assert scale.shape == (80,) and np.all(np.isfinite(scale)) and not np.allclose(scale, 1.0)
-  summary = linear_eval.evaluate_workdir(tmp_path)
+  summary = evaluate.probe_workdir(tmp_path)
   assert 0 <= summary["probe_accuracy"] <= 1 and 0 <= summary["probe_accuracy_random_init"] <= 1

@@ -1,4 +1,5 @@
-"""Linear probe against scikit-learn; clip embeddings against a direct computation."""
+"""Heads on frozen features (linear and MLP protocols) against scikit-learn and hand
+computations; clip embeddings against a direct computation."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from data_pipelines import tasks as tasks_lib
-from jepa_jax import features, linear_eval, models, patches, probe, vit
+from jepa_jax import features, models, patches, probe, vit
 
 
 def _blobs(n, d, classes, seed, spread=2.5):
@@ -18,17 +18,87 @@ def _blobs(n, d, classes, seed, spread=2.5):
   return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
 
 
+def _splits(x, y, cuts=(600, 750)):
+  a, b = cuts
+  return probe.Split(x[:a], y[:a]), probe.Split(x[a:b], y[a:b]), probe.Split(x[b:], y[b:])
+
+
 def test_linear_probe_matches_logistic_regression():
   x, y = _blobs(900, 20, 4, 0)
-  train, valid, test = (probe.Split(x[a:b], y[a:b]) for a, b in ((0, 600), (600, 750), (750, 900)))
-  ours = probe.linear_probe(train, valid, test, 4, seeds=3, lr=1e-2, max_epochs=100,
-                            patience=20, batch_size=64)
+  train, valid, test = _splits(x, y)
+  ours = probe.train_head(probe.LINEAR, train, valid, test, 4, False, seeds=3, lrs=(1e-2,),
+                          max_epochs=100, patience=20, batch_size=64)
+  acc = [s["accuracy"] for s in ours["per_seed"]]
   scaler = StandardScaler().fit(train.x)
   ref = LogisticRegression(max_iter=2000).fit(scaler.transform(train.x), train.y)
   ref_acc = ref.score(scaler.transform(test.x), test.y)
-  assert len(ours["per_seed"]) == 3 and ours["std"] >= 0
-  assert abs(ours["mean"] - ref_acc) < 0.03, (ours, ref_acc)
+  assert len(acc) == 3 and ours["lr"] == 1e-2
+  assert abs(np.mean(acc) - ref_acc) < 0.03, (acc, ref_acc)
   assert ref_acc > 0.6  # the task is not trivial either way
+
+
+def _multilabel_blobs(n, d, classes, seed):
+  """Each class present with probability 0.3; a present class adds its centre."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(classes, d)) * 1.2
+  y = (rng.random((n, classes)) < 0.3).astype(np.float32)
+  return (y @ centres + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def test_multilabel_linear_probe_matches_one_vs_rest_logistic_regression():
+  from sklearn.metrics import average_precision_score
+  from sklearn.multiclass import OneVsRestClassifier
+  x, y = _multilabel_blobs(900, 16, 5, 3)
+  train, valid, test = _splits(x, y)
+  ours = probe.train_head(probe.LINEAR, train, valid, test, 5, True, seeds=2, lrs=(1e-2,),
+                          max_epochs=100, patience=20, batch_size=64)
+  scaler = StandardScaler().fit(train.x)
+  ref = OneVsRestClassifier(LogisticRegression(max_iter=2000)).fit(
+      scaler.transform(train.x), train.y)
+  ref_map = average_precision_score(test.y, ref.decision_function(scaler.transform(test.x)),
+                                    average="macro")
+  got = [s["mAP"] for s in ours["per_seed"]]
+  assert abs(np.mean(got) - ref_map) < 0.03, (got, ref_map)
+  assert all(s["d_prime"] > 1 for s in ours["per_seed"])
+
+
+def test_mlp_head_learns_what_a_linear_head_cannot():
+  """XOR of two features: no linear head beats chance by much; the HEAR MLP does."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(900, 4)).astype(np.float32)
+  y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int32)
+  train, valid, test = _splits(x, y)
+  kw = dict(seeds=2, max_epochs=60, patience=10, batch_size=128)
+  lin = probe.train_head(probe.LINEAR, train, valid, test, 2, False, lrs=(1e-2,), **kw)
+  mlp = probe.train_head(probe.mlp_head(1), train, valid, test, 2, False,
+                         lrs=probe.MLP_LEARNING_RATES, **kw)
+  assert np.mean([s["accuracy"] for s in lin["per_seed"]]) < 0.65
+  assert np.mean([s["accuracy"] for s in mlp["per_seed"]]) > 0.9
+  assert mlp["lr"] in probe.MLP_LEARNING_RATES
+
+
+def test_mlp_head_layers_batchnorm_and_dropout():
+  head = probe.mlp_head(2)
+  params, stats = probe.init(head, jax.random.key(0), 6, 3)
+  assert [p["w"].shape for p in params["layers"]] == [(6, 1024), (1024, 1024), (1024, 3)]
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 6)) * 3 + 1, jnp.float32)
+  # Inference with fresh statistics (mean 0, var 1) is the plain MLP with ReLU.
+  h = x
+  for layer in params["layers"][:-1]:
+    h = jax.nn.relu((h @ layer["w"] + layer["b"]) / np.sqrt(1 + probe.BN_EPS))
+  expected = h @ params["layers"][-1]["w"] + params["layers"][-1]["b"]
+  got, same = probe.apply(head, params, stats, x)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+  # Training normalises with the batch's statistics and moves the running ones by 0.1.
+  _, new = probe.apply(head, params, stats, x, train=True, key=jax.random.key(1))
+  z = x @ params["layers"][0]["w"] + params["layers"][0]["b"]
+  np.testing.assert_allclose(new[0]["mean"], 0.1 * z.mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(new[0]["var"], 0.9 + 0.1 * z.var(0, ddof=1), rtol=1e-4)
+  # Dropout: different keys drop different units; the same key gives the same output.
+  a, _ = probe.apply(head, params, stats, x, train=True, key=jax.random.key(1))
+  b, _ = probe.apply(head, params, stats, x, train=True, key=jax.random.key(2))
+  c, _ = probe.apply(head, params, stats, x, train=True, key=jax.random.key(1))
+  assert not np.allclose(a, b) and np.array_equal(a, c)
 
 
 def test_early_stopping_restores_the_best_epoch_and_stops_after_patience():
@@ -36,16 +106,18 @@ def test_early_stopping_restores_the_best_epoch_and_stops_after_patience():
   keys = jax.random.split(jax.random.key(0), 2)
   patience, epochs = 5, 120
   classes = jnp.arange(8) < 3
-  best, history = probe._fit(keys, jnp.asarray(x[:300]), jnp.asarray(y[:300]),
-                             jnp.asarray(x[300:]), jnp.asarray(y[300:]), classes,
-                             lr=3e-2, max_epochs=epochs, patience=patience, batch_size=32)
+  (best, stats), history, best_score = probe.fit(
+      probe.LINEAR, keys, jnp.full(2, 3e-2), jnp.asarray(x[:300]), jnp.asarray(y[:300]),
+      jnp.asarray(x[300:]), jnp.asarray(y[300:]), classes, multilabel=False,
+      max_epochs=epochs, patience=patience, batch_size=32)
   history = np.asarray(history)
   for seed in range(2):
     params = jax.tree.map(lambda a: a[seed], best)
-    logits = probe._logits(params, jnp.asarray(x[300:]), classes)
+    logits, _ = probe.apply(probe.LINEAR, params, [], jnp.asarray(x[300:]))
+    logits = jnp.where(classes, logits, -1e9)
     assert int(logits.argmax(-1).max()) < 3  # padded classes are never predicted
     acc = float((logits.argmax(-1) == y[300:]).mean())
-    assert acc == pytest.approx(history[seed].max())
+    assert acc == pytest.approx(history[seed].max()) == pytest.approx(float(best_score[seed]))
     # The last improvement reaches the maximum (ties improve on a lower loss); `patience`
     # epochs later training stops and the weights stay frozen.
     last_best = int(np.flatnonzero(history[seed] == history[seed].max())[-1])
@@ -78,28 +150,3 @@ def test_clip_embedding_is_time_mean_of_frequency_concatenated_tokens():
   expected = (z[0, 0] + z[0, 1] + z[1, 0]) / 3  # chunk 2's second column is padding
   np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-6)
   assert got.shape == (1, 40)
-
-
-def _task(folder, rows):
-  """A task folder of silent clips with rows (filename, label, fold, split)."""
-  import soundfile
-  folder.mkdir()
-  for name, *_ in rows:
-    soundfile.write(folder / name, np.zeros(160, np.float32), 16000)
-  tasks_lib.write_task(folder, [tasks_lib.TaskRow(folder / r[0], (r[1],), *r[2:]) for r in rows])
-  return tasks_lib.read_task(folder)
-
-
-def test_task_splits_from_split_and_fold_columns(tmp_path):
-  split_task = _task(tmp_path / "s", [(f"{i}.wav", "a", None, s) for i, s in
-                                      enumerate(["train"] * 20 + ["test"] * 5)])
-  (tr, va, te), = linear_eval.task_splits(split_task)
-  assert len(te) == 5 and len(va) == 2 and len(tr) == 18 and not set(tr) & set(va)
-  fold_task = _task(tmp_path / "f", [(f"{i}.wav", "a", str(i % 3), None) for i in range(30)])
-  splits = linear_eval.task_splits(fold_task)
-  assert len(splits) == 3
-  for k, (tr, va, te) in enumerate(splits):
-    assert all(i % 3 == k for i in te) and not (set(tr) | set(va)) & set(te)
-    assert len(tr) + len(va) + len(te) == 30
-  with pytest.raises(ValueError, match="split column"):
-    linear_eval.task_splits(_task(tmp_path / "n", [("0.wav", "a", None, None)]))

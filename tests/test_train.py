@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, export, linear_eval, train
+from jepa_jax import checkpoint, evaluate, export, train
 from jepa_jax.objectives import jepa
 from tests.tiny import tiny_config
 
@@ -104,7 +104,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_probe_summary_of_a_finished_run(finished_run):
   workdir, _, _ = finished_run
-  summary = linear_eval.evaluate_workdir(workdir)
+  summary = evaluate.probe_workdir(workdir)
   assert set(summary["tasks"]) == {"pitch", "source", "envelope"}
   for key in ("probe_accuracy", "probe_accuracy_random_init", "probe_accuracy_mean_logmel"):
     assert 0.0 <= summary[key] <= 1.0 and key + "_seed_std" in summary

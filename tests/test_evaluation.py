@@ -1,0 +1,301 @@
+"""Evaluation protocols against independent computations (scikit-learn, formulas), the
+task sources (folders, shards, folds, unit_sec), the embedding cache and the CLI."""
+import json
+
+import numpy as np
+import pytest
+import soundfile
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+from tiny import tiny_config
+
+from data_pipelines import frontends
+from data_pipelines import tasks as tasks_lib
+from jepa_jax import embed, evaluate, export, fewshot, knn, models, scores, task_data
+
+RATE = 16000
+
+
+# --- scores --------------------------------------------------------------------------------
+
+def test_average_precision_and_auc_match_scikit_learn_with_ties():
+  rng = np.random.default_rng(0)
+  y = (rng.random((200, 6)) < 0.3).astype(np.float32)
+  s = np.round(y * 0.8 + rng.normal(size=y.shape), 1)  # rounding makes ties
+  for c in range(6):
+    assert scores.average_precision(s[:, c], y[:, c]) == pytest.approx(
+        average_precision_score(y[:, c], s[:, c]))
+    assert scores.auc(s[:, c], y[:, c]) == pytest.approx(roc_auc_score(y[:, c], s[:, c]))
+  assert scores.mean_average_precision(s, y) == pytest.approx(
+      average_precision_score(y, s, average="macro"))
+  from scipy.stats import norm
+  mean_auc = roc_auc_score(y, s, average="macro")
+  assert scores.d_prime(s, y) == pytest.approx(np.sqrt(2) * norm.ppf(mean_auc))
+
+
+def test_classes_without_positives_are_left_out_of_the_means():
+  y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
+  s = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.7, 0.6, 0.5]])
+  assert scores.mean_average_precision(s, y) == pytest.approx(
+      np.mean([average_precision_score(y[:, c], s[:, c]) for c in (0, 1)]))
+
+
+# --- k-NN and few-shot ---------------------------------------------------------------------
+
+def _blobs(n, d, classes, seed, spread=1.0):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(classes, d)) * spread
+  y = rng.integers(0, classes, n)
+  return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def test_knn_matches_scikit_learn_cosine_neighbours_with_softmax_weights():
+  x, y = _blobs(500, 12, 5, 0, spread=0.8)
+  votes = knn.knn_scores(x[:400], y[:400], x[400:], 5)
+  ref = KNeighborsClassifier(n_neighbors=10, metric="cosine", algorithm="brute",
+                             weights=lambda d: np.exp((1 - d) / 0.07)).fit(x[:400], y[:400])
+  np.testing.assert_array_equal(votes.argmax(1), ref.predict(x[400:]))
+  np.testing.assert_allclose(votes, ref.predict_proba(x[400:]), atol=1e-6)
+  assert 0.4 < scores.accuracy(votes, y[400:]) < 1.0  # neither trivial nor broken
+
+
+def test_knn_multilabel_scores_are_weighted_label_fractions():
+  train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+  y = np.array([[1, 0], [1, 1], [0, 1]], np.float32)
+  got = knn.knn_scores(train, y, np.array([[1.0, 0.05]]), 2, k=2)
+  sim = knn.l2_normalize(train) @ knn.l2_normalize(np.array([1.0, 0.05]))
+  w = np.exp(sim[:2] / 0.07) / np.exp(sim[:2] / 0.07).sum()
+  np.testing.assert_allclose(got[0], [w[0] + w[1], w[1]], rtol=1e-9)
+
+
+def test_fewshot_episodes_and_nearest_centroid_match_a_direct_computation():
+  x, y = _blobs(300, 8, 7, 1, spread=0.7)
+  episodes = fewshot.sample_episodes(y, ways=5, shots=2, queries=4, episodes=50, seed=3)
+  assert episodes.shape == (50, 5, 6)
+  np.testing.assert_array_equal(
+      episodes, fewshot.sample_episodes(y, ways=5, shots=2, queries=4, episodes=50, seed=3))
+  acc = fewshot.episode_accuracies(x, episodes, shots=2, block=7)
+  z = knn.l2_normalize(x)
+  for e in range(50):
+    labels = y[episodes[e]]
+    assert (labels == labels[:, :1]).all() and len(set(labels[:, 0])) == 5  # 5 classes
+    assert len(set(episodes[e].ravel())) == 30  # all clips distinct
+    support, query = episodes[e, :, :2].ravel(), episodes[e, :, 2:].ravel()
+    ref = NearestCentroid().fit(z[support], y[support])
+    assert acc[e] == pytest.approx((ref.predict(z[query]) == y[query]).mean())
+
+
+def test_fewshot_reports_the_95_percent_interval_of_the_episode_mean():
+  x, y = _blobs(400, 8, 6, 2, spread=0.6)
+  got = fewshot.fewshot(x, y, ways=5, shots=1, queries=15, episodes=600, seed=0)
+  acc = fewshot.episode_accuracies(
+      x, fewshot.sample_episodes(y, 5, 1, 15, 600, seed=0), shots=1)
+  assert got["mean"] == pytest.approx(acc.mean())
+  assert got["ci95"] == pytest.approx(1.96 * acc.std(ddof=1) / np.sqrt(600))
+  assert 0.2 < got["mean"] < 1.0 and got["episodes"] == 600
+
+
+def test_fewshot_refuses_tasks_without_enough_classes():
+  with pytest.raises(ValueError, match="need 5 classes of at least 16 clips"):
+    fewshot.sample_episodes(np.repeat(np.arange(4), 30), 5, 1, 15, 10)
+
+
+# --- task sources ----------------------------------------------------------------------------
+
+def _tone(freq, seconds, rng):
+  t = np.arange(int(seconds * RATE)) / RATE
+  return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.normal(size=t.size)).astype(np.float32)
+
+
+FREQS = (300.0, 700.0, 1500.0, 3000.0, 5000.0)
+
+
+def make_tone_task(folder, per_class=21, multilabel=False, column="split", seed=0):
+  """Clips of 0.4-1.2 s; single-label: a tone of one of 5 frequencies; multi-label:
+  the sum of one or two of them. Rows split 60/20/20 or spread over 3 folds."""
+  rng = np.random.default_rng(seed)
+  (folder / "audio").mkdir(parents=True)
+  rows = []
+  for i in range(per_class * len(FREQS)):
+    classes = [i % len(FREQS)]
+    if multilabel and rng.random() < 0.5:
+      classes.append(int(rng.integers(len(FREQS))))
+    classes = sorted(set(classes))
+    wave = sum(_tone(FREQS[c], 1.0, rng) for c in classes)[: int(rng.uniform(0.4, 1.2) * RATE)]
+    path = folder / "audio" / f"{i:04d}.wav"
+    soundfile.write(path, wave, RATE)
+    part = ("train", "train", "train", "valid", "test")[(i // len(FREQS)) % 5]
+    rows.append(tasks_lib.TaskRow(path, tuple(f"f{c}" for c in classes),
+                                  fold=str(i % 3) if column == "fold" else None,
+                                  split=part if column == "split" else None))
+  tasks_lib.write_task(folder, rows)
+  return folder
+
+
+def test_splits_from_split_and_fold_columns(tmp_path):
+  split_task = task_data.read(make_tone_task(tmp_path / "s", per_class=5))
+  (tr, va, te), = task_data.splits(split_task)
+  assert len(tr) == 15 and len(va) == 5 and len(te) == 5 and not set(tr) & set(va)
+  fold_task = task_data.read(make_tone_task(tmp_path / "f", per_class=6, column="fold"))
+  splits = task_data.splits(fold_task)
+  assert len(splits) == 3
+  for k, (tr, va, te) in enumerate(splits):
+    assert all(fold_task.folds[i] == str(k) for i in te)
+    assert not (set(tr) | set(va)) & set(te) and len(tr) + len(va) + len(te) == 30
+    assert len(va) == 2  # 10 % of the 20 other-fold rows held out for early stopping
+
+
+def test_unit_sec_crops_from_the_start_and_pads_short_clips(tmp_path):
+  folder = make_tone_task(tmp_path / "t", per_class=2)
+  meta = {"frontend": frontends.get_frontend("audio_jepa").to_dict(),
+          "normalization": {"mean": -5.0, "std": 4.0}, "frames": 64}
+  _, whole = task_data.load_mels(folder, meta)
+  (folder / "task.json").write_text(json.dumps({"unit_sec": 0.8}))
+  task, cut = task_data.load_mels(folder, meta)
+  frames = frontends.get_frontend("audio_jepa").frames(0.8)
+  assert task.unit_sec == 0.8 and {m.shape[1] for m in cut} == {frames}
+  pad = task_data.pad_value(meta)
+  for w, c in zip(whole, cut):
+    n = min(w.shape[1], frames)
+    np.testing.assert_array_equal(c[:, :n], w[:, :n])
+    assert (c[:, n:] == pad).all()
+  assert task.fingerprint != task_data.read(folder, unit_sec=0.5).fingerprint
+  (folder / "task.json").write_text(json.dumps({"unit_sec": -1}))
+  with pytest.raises(ValueError, match="positive number of seconds"):
+    task_data.read(folder)
+
+
+def test_multilabel_targets_are_multi_hot(tmp_path):
+  task = task_data.read(make_tone_task(tmp_path / "m", per_class=4, multilabel=True))
+  y = task.targets()
+  assert task.multilabel and y.shape == (20, 5) and y.sum(1).min() >= 1
+  for row, labels in zip(y, task.labels):
+    assert {task.label_names[i] for i in np.flatnonzero(row)} == set(labels)
+
+
+def test_labelled_shards_are_a_task_with_split_files_joined(tmp_path):
+  from data_pipelines import prepare
+  folder = make_tone_task(tmp_path / "t", per_class=3)
+  out = tmp_path / "shards"
+  prepare.prepare(out, input_dir=folder, labels_csv=folder / "meta.csv",
+                  options=prepare.Options(max_seconds=0.5, min_seconds=0.1), workers=1,
+                  progress=False, log=lambda message: None)
+  from_folder, from_shards = task_data.read(folder), task_data.read(out)
+  assert sorted(zip(from_shards.labels, from_shards.splits)) == sorted(
+      zip(from_folder.labels, from_folder.splits))
+  meta = {"frontend": frontends.get_frontend("audio_jepa").to_dict(),
+          "normalization": {"mean": -5.0, "std": 4.0}, "frames": 64}
+  _, mels = task_data.load_mels(out, meta)
+  _, direct = task_data.load_mels(folder, meta)
+  # Files longer than 0.5 s were split into segments; joined, they are about as long.
+  assert sorted(m.shape[1] for m in mels) == pytest.approx(
+      sorted(m.shape[1] for m in direct), abs=3)
+  other = {**meta, "frontend": frontends.get_frontend("dasheng").to_dict()}
+  with pytest.raises(ValueError, match="prepare the task again with --frontend=dasheng"):
+    task_data.load_mels(out, other)
+
+
+def test_missing_or_unknown_task_sources_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    task_data.read(tmp_path / "nope")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="neither a task folder"):
+    task_data.read(tmp_path / "empty")
+
+
+# --- embeddings and the CLI ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory):
+  """A workdir whose export is a tiny encoder at its random initialisation."""
+  import flax.linen as nn
+  import jax
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config()
+  encoder = models.build_encoder(config)
+  params = nn.unbox(models.init_encoder(encoder, jax.random.key(7)))
+  meta = {"frontend": frontends.get_frontend(config.data.frontend).to_dict(),
+          "normalization": {"mean": -5.0, "std": 4.0}, "frames": config.data.frames}
+  export.export_encoder(workdir / "export", config, params, meta)
+  return workdir
+
+
+def test_embeddings_are_cached_and_recomputed_when_the_task_changes(random_run, tmp_path,
+                                                                    monkeypatch):
+  folder = make_tone_task(tmp_path / "t", per_class=4)
+  _, meta, sets = embed.load_feature_sets(random_run, ("trained", embed.MEAN_LOGMEL))
+  (task, x), = embed.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
+  assert x["trained"].shape == (20, 5 * 32) and x[embed.MEAN_LOGMEL].shape == (20, 80)
+  paths = [embed.cache_path(random_run, task, fs, meta, "concat") for fs in sets]
+  assert all(p.is_file() for p in paths)
+
+  def no_audio(*args, **kwargs):
+    raise AssertionError("the cache should have answered")
+  monkeypatch.setattr(task_data, "load_mels", no_audio)
+  (_, again), = embed.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
+  np.testing.assert_array_equal(again["trained"], x["trained"])
+  monkeypatch.undo()
+  (_, mean), = embed.embed_tasks(random_run, [folder], sets[:1], meta, freq_pool="mean",
+                                 chunk_batch=8)
+  assert mean["trained"].shape == (20, 32)
+  (folder / "task.json").write_text(json.dumps({"unit_sec": 0.5}))
+  task2, cut = embed.embed_tasks(random_run, [folder], sets[:1], meta, chunk_batch=8)[0]
+  assert task2.fingerprint != task.fingerprint and not np.allclose(cut["trained"], x["trained"])
+
+
+def test_clips_shared_by_tasks_are_encoded_once(random_run, tmp_path, monkeypatch):
+  import os
+  a = make_tone_task(tmp_path / "a", per_class=3)
+  b = tmp_path / "b"
+  (b / "audio").mkdir(parents=True)
+  rows = []
+  for row in tasks_lib.read_task(a).rows:
+    os.link(row.path, b / "audio" / row.path.name)  # same files, other labels
+    rows.append(tasks_lib.TaskRow(b / "audio" / row.path.name, ("x",), split=row.split))
+  tasks_lib.write_task(b, rows)
+  _, meta, sets = embed.load_feature_sets(random_run)
+  encoded = []
+  real = embed.features.clip_embeddings
+  monkeypatch.setattr(embed.features, "clip_embeddings",
+                      lambda enc, p, mels, *a, **k: encoded.append(len(mels)) or
+                      real(enc, p, mels, *a, **k))
+  (_, xa), (_, xb) = embed.embed_tasks(random_run, [a, b], sets, meta, chunk_batch=8,
+                                       cache=False)
+  assert encoded == [15]
+  np.testing.assert_array_equal(xa["trained"], xb["trained"])
+
+
+def test_evaluate_all_protocols_writes_results_table_and_chart(random_run, tmp_path):
+  folder = make_tone_task(tmp_path / "tones")
+  evaluate.main([f"--workdir={random_run}", f"--task={folder}", "--protocol=all",
+                 "--baselines=mean_logmel"])
+  out = random_run / "eval"
+  results = json.loads((out / "results.json").read_text())["tones"]
+  assert set(results) == {"linear", "mlp", "knn", "fewshot"}
+  for protocol, by_set in results.items():
+    assert set(by_set) == {"trained", "mean_logmel"}
+    for result in by_set.values():
+      for metric, s in result["scores"].items():
+        assert 0.0 <= s["mean"] <= 1.0, (protocol, metric, s)
+  assert set(results["fewshot"]["trained"]["scores"]) == {"accuracy_1shot", "accuracy_5shot"}
+  # Five pure tones: the mean log-mel separates them perfectly.
+  assert results["knn"]["mean_logmel"]["scores"]["accuracy"]["mean"] > 0.9
+  table = (out / "results.md").read_text()
+  assert "| tones | fewshot | accuracy_1shot |" in table and "(95 % CI)" in table
+  assert (out / "results.png").stat().st_size > 10_000
+
+
+def test_multilabel_task_reports_map_and_d_prime(random_run, tmp_path):
+  folder = make_tone_task(tmp_path / "multi", per_class=12, multilabel=True)
+  results = evaluate.evaluate(random_run, [folder], ("linear", "knn"), ("mean_logmel",))
+  for protocol in ("linear", "knn"):
+    got = results["multi"][protocol]["mean_logmel"]["scores"]
+    # Chance mAP is the class prevalence (~0.3 here); the tiny probe budget stops short.
+    assert set(got) == {"mAP", "d_prime"} and got["mAP"]["mean"] > 0.55
+
+
+def test_evaluate_cli_errors_name_the_problem(random_run, tmp_path, capsys):
+  with pytest.raises(SystemExit, match="does not exist"):
+    evaluate.main([f"--workdir={random_run}", f"--task={tmp_path / 'nope'}"])
+  with pytest.raises(SystemExit, match="no encoder export"):
+    evaluate.main([f"--workdir={tmp_path}", f"--task={tmp_path}"])
