@@ -17,7 +17,8 @@ CORE = [
   "soundfile>=0.12",
   "tensorboardX>=2.6",
   "tqdm>=4.66",
-  "matplotlib>=3.8",  # mask pictures
+  "scipy>=1.11",       # evaluation scores (d-prime); librosa needs it too
+  "matplotlib>=3.8",  # mask pictures, evaluation bar chart
 ]
 
 setup(

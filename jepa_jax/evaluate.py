@@ -176,8 +176,9 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec) -> dict:
       task, mels = task_data.load_mels(source, frontend_meta, unit_sec, whole=True, memo=memo)
 
       def progress(p, name=fs.name, task_name=task.name):
+        valid = ", ".join(f"{k} {v:.3f}" for k, v in p["valid"].items())
         print(f"finetune {task_name} {name}: seed {p['seed']} fold {p['fold']} epoch "
-              f"{p['epoch']} loss {p['loss']:.4f} valid {p['valid']:.3f}", file=sys.stderr)
+              f"{p['epoch']} loss {p['loss']:.4f} valid {valid}", file=sys.stderr)
 
       results.setdefault(task.name, {}).setdefault("finetune", {})[fs.name] = (
           finetune.finetune_task(fs.encoder, fs.params, frontend_meta, task, mels,

@@ -396,8 +396,10 @@ def finetune_task(encoder: vit.Encoder, params, frontend_meta: dict,
   labels = task.targets()
   num_classes = len(task.label_names)
   y = labels if task.multilabel else np.eye(num_classes, dtype=np.float32)[labels]
-  fns = compiled(encoder, Head(num_classes), StepOptions.of(s, task.multilabel),
-                 _data_mesh(s.batch_size))
+  mesh = _data_mesh(s.batch_size)
+  fns = compiled(encoder, Head(num_classes), StepOptions.of(s, task.multilabel), mesh)
+  # Exported parameters arrive on one device; the steps take them replicated on the mesh.
+  params = jax.device_put(params, NamedSharding(mesh, P()))
   run = _Run(encoder, fns, s, y.astype(np.float32), labels, task.multilabel)
   unit, pad = task_data.unit_frames(task, frontend_meta), task_data.pad_value(frontend_meta)
   folds = task_data.splits(task)

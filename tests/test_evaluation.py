@@ -212,6 +212,7 @@ def random_run(tmp_path_factory):
   import jax
   workdir = tmp_path_factory.mktemp("run")
   config = tiny_config()
+  config.finetune.update(epochs=2, warmup_epochs=0.5, seeds=1, batch_size=16)
   encoder = models.build_encoder(config)
   params = nn.unbox(models.init_encoder(encoder, jax.random.key(7)))
   meta = {"frontend": frontends.get_frontend(config.data.frontend).to_dict(),
@@ -299,3 +300,27 @@ def test_evaluate_cli_errors_name_the_problem(random_run, tmp_path, capsys):
     evaluate.main([f"--workdir={random_run}", f"--task={tmp_path / 'nope'}"])
   with pytest.raises(SystemExit, match="no encoder export"):
     evaluate.main([f"--workdir={tmp_path}", f"--task={tmp_path}"])
+
+
+def test_embed_cli_prints_where_the_cached_features_are(random_run, tmp_path, capsys):
+  folder = make_tone_task(tmp_path / "t", per_class=2)
+  embed.main([f"--workdir={random_run}", f"--task={folder}", "--random_init",
+              "--freq_pool=mean"])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert (out["task"], out["clips"], out["dim"]) == ("t", 10, 32)
+  with np.load(out["features"]) as f:
+    assert f["x"].shape == (10, 32)
+  assert "-random_init-" in out["features"]
+
+
+def test_evaluate_finetune_uses_the_exported_settings_and_reports_progress(random_run, tmp_path,
+                                                                          capsys):
+  folder = make_tone_task(tmp_path / "ft", per_class=5)
+  evaluate.main([f"--workdir={random_run}", f"--task={folder}", "--protocol=finetune",
+                 "--baselines="])
+  captured = capsys.readouterr()
+  assert "finetune ft trained: seed 0 fold 0 epoch 2" in captured.err
+  result = json.loads(captured.out.strip().splitlines()[-1])["ft"]["finetune"]["trained"]
+  assert [len(run["history"]) for run in result["runs"]] == [2]  # epochs=2, seeds=1
+  assert 0.0 <= result["scores"]["accuracy"]["mean"] <= 1.0
+  assert "| ft | finetune | accuracy |" in (random_run / "eval" / "results.md").read_text()
