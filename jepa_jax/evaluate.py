@@ -11,7 +11,8 @@ P is one of (SPEC section 8):
   knn       L2-normalised cosine k-NN, k = 10, softmax-weighted vote at temperature 0.07;
   fewshot   5-way 1-shot and 5-shot episodes (15 queries), nearest centroid, 600 episodes,
             mean and 95 % confidence interval;
-  finetune  full fine-tuning (jepa_jax.finetune; settings in the config's `finetune`);
+  finetune  full fine-tuning (jepa_jax.finetune; settings: the config's `finetune`
+            section stored in the export, with --finetune=name=value,... on top);
   all       the four frozen protocols, plus a bar chart.
 Each runs on the trained encoder and on the baselines asked for (the encoder at its
 random initialisation by default; `mean_logmel`: the clip's log-mel averaged over time).
@@ -165,8 +166,11 @@ def write_results(workdir: str | Path, results: dict, chart: bool) -> dict:
   return merged
 
 
-def _finetune(sources, sets, frontend_meta, config, unit_sec) -> dict:
+def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -> dict:
   from jepa_jax import finetune
+  # Older exports have no finetune section: the defaults fill what is not given.
+  settings = {**config.get("finetune", {}), **overrides}
+  finetune.settings_of(settings)  # bad settings fail here, before any audio is read
   results = {}
   for source in sources:
     memo = {}
@@ -182,17 +186,17 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec) -> dict:
 
       results.setdefault(task.name, {}).setdefault("finetune", {})[fs.name] = (
           finetune.finetune_task(fs.encoder, fs.params, frontend_meta, task, mels,
-                                 config.get("finetune", {}),  # older exports: defaults
-                                 progress=progress))
+                                 settings, progress=progress))
   return results
 
 
 def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
              feature_sets: tuple[str, ...] = ("trained", "random_init"),
-             freq_pool: str = "concat", unit_sec: float | None = None, chart: bool = False
-             ) -> dict:
+             freq_pool: str = "concat", unit_sec: float | None = None, chart: bool = False,
+             finetune_settings: dict | None = None) -> dict:
   """Run `protocols` on every task for every feature set; write and return the results
-  (task -> protocol -> feature set -> {'scores': ...})."""
+  (task -> protocol -> feature set -> {'scores': ...}). `finetune_settings` override the
+  export's config.finetune fields."""
   unknown = sorted(set(protocols) - set(PROTOCOLS))
   if unknown:
     raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; known: "
@@ -213,8 +217,8 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
             name: RUNNERS[protocol](features, task, config.probe)
             for name, features in x.items()}
   if "finetune" in protocols:
-    for task, by_protocol in _finetune(sources, sets, frontend_meta, config,
-                                       unit_sec).items():
+    for task, by_protocol in _finetune(sources, sets, frontend_meta, config, unit_sec,
+                                       finetune_settings or {}).items():
       results.setdefault(task, {}).update(by_protocol)
   write_results(workdir, results, chart)
   return results
@@ -269,7 +273,27 @@ def _parser():
                  help="concatenate (EVAR) or average the frequency tokens of a time step")
   p.add_argument("--unit_sec", type=float, default=None,
                  help="clip length in seconds (default: the task's task.json, else whole)")
+  p.add_argument("--finetune", type=settings, default={},
+                 help="fine-tuning settings over the export's config.finetune, e.g. "
+                      "epochs=40,base_lr=5e-3,rm_rate=0")
   return p
+
+
+def settings(text: str) -> dict:
+  """'name=value,...' -> {name: value}; values are Python literals (numbers, True/False)."""
+  import argparse
+  import ast
+  out = {}
+  for item in filter(None, text.split(",")):
+    name, sep, value = item.partition("=")
+    if not sep:
+      raise argparse.ArgumentTypeError(f"name=value pairs separated by commas, got {item!r}")
+    try:
+      out[name.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number or True/False"
+                                       ) from None
+  return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -280,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
   try:
     sources = args.task or default_tasks(args.workdir)
     results = evaluate(args.workdir, sources, protocols, ("trained", *args.baselines),
-                       args.freq_pool, args.unit_sec, chart=args.protocol == "all")
+                       args.freq_pool, args.unit_sec, chart=args.protocol == "all",
+                       finetune_settings=args.finetune)
   except (FileNotFoundError, ValueError) as err:
     sys.exit(f"error: {err}")
   out = Path(args.workdir).absolute() / RESULTS_DIR

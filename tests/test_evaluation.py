@@ -324,3 +324,13 @@ def test_evaluate_finetune_uses_the_exported_settings_and_reports_progress(rando
   assert [len(run["history"]) for run in result["runs"]] == [2]  # epochs=2, seeds=1
   assert 0.0 <= result["scores"]["accuracy"]["mean"] <= 1.0
   assert "| ft | finetune | accuracy |" in (random_run / "eval" / "results.md").read_text()
+
+
+def test_finetune_overrides_parse_literals_and_refuse_garbage():
+  import argparse
+  assert evaluate.settings("epochs=3,mixup=0.0,balanced_sampling=False") == {
+      "epochs": 3, "mixup": 0.0, "balanced_sampling": False}
+  assert evaluate.settings("") == {}
+  for bad in ("epochs", "base_lr=fast"):
+    with pytest.raises(argparse.ArgumentTypeError):
+      evaluate.settings(bad)
