@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -46,3 +47,24 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def latest_entry(directory: Path, entry: str = "params") -> dict | None:
+  """One entry of the train state ('params', 'aux', ...) of the latest checkpoint in
+  `directory` as numpy arrays, read without knowing the rest of the state's structure;
+  None when there is no checkpoint."""
+  directory = Path(directory).absolute()
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] \
+      if directory.is_dir() else []
+  if not steps:
+    return None
+  path = directory / str(max(steps)) / "state"
+  handler = ocp.PyTreeCheckpointHandler()  # the item alone: no step metadata to look for
+  try:
+    wanted = {entry: handler.metadata(path).tree[entry]}
+    restored = handler.restore(path, args=ocp.args.PyTreeRestore(
+        item=wanted, partial_restore=True,
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)))
+  finally:
+    handler.close()
+  return restored[entry]

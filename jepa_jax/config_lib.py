@@ -248,7 +248,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   grid_ok = len(patch_shape) == 2 and min(patch_shape) > 0 and d.frames > 0 \
       and d.frontend in frontends.FRONTENDS
-  if grid_ok:
+  if grid_ok and "mask" in config:  # contrastive objectives mask nothing
     try:
       e.extend(masks.config_errors(config.mask, models.grid(config)))
     except ValueError as err:  # mels or frames not divisible into patches
@@ -279,6 +279,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"mesh sizes must be >= 1 with at most one -1 (fill), got {mesh_sizes}")
   _positive(e, config, "probe", "seeds", "lr", "max_epochs", "patience", "batch_size",
             "chunk_batch")
+  _check(e, isinstance(config.get("init_from", ""), str),
+         f"init_from must be a path (a workdir or its export/) or '', got "
+         f"{config.get('init_from')!r}")
   if "finetune" in config:  # configs saved before fine-tuning existed have none
     e.extend(finetune_errors(config.finetune))
 
@@ -286,6 +289,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     e.extend(objectives.OBJECTIVES[config.objective].config_errors(config))
   if e:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(e))
+
+
+def validate_dataset(config: ml_collections.ConfigDict, num_examples: int) -> None:
+  """Raises ConfigError for fields that do not fit a training set of `num_examples`."""
+  from jepa_jax import objectives
+  check = getattr(objectives.OBJECTIVES[config.objective], "dataset_errors", None)
+  e = check(config, num_examples) if check is not None else []
+  if e:
+    raise ConfigError("invalid config for this data:\n  - " + "\n  - ".join(e))
 
 
 # Fields that may change when a run resumes: they do not change what is computed.

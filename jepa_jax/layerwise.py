@@ -4,9 +4,10 @@ unscanned ('block_i') and scanned ('layers/block_j', stacked) parameters alike.
 
 Layers are numbered as in BEiT: 0 = patch embedding and positions (everything of the
 encoder outside its transformer), i = transformer block i (1..L), L + 1 = the encoder's
-final norm. Parameters outside the encoder (predictor, decoder, heads) count as L + 1:
-they are never decayed nor frozen. A stacked leaf gets one layer id per entry of its
-leading axis.
+final norm. Parameters outside the encoder (predictor, decoder, heads) count as L + 1
+and get factor 1: they are never decayed nor frozen, even when `frozen_layers` = L + 2
+freezes the whole encoder (uaMix stage 1). A stacked leaf gets one layer id per entry of
+its leading axis.
 
 `scale_by_layer` multiplies each update by its layer's factor. Placed after AdamW (its
 learning rate and weight decay included), a factor of 0 leaves a parameter bit-identical
@@ -96,7 +97,17 @@ def _scale(update: jnp.ndarray, factor: np.ndarray) -> jnp.ndarray:
 
 def _factors(updates, encoder: str | None, factor_fn: FactorFn):
   ids, depth = layer_ids(updates, encoder)
-  return jax.tree.map(lambda i: factor_fn(i, depth), ids)
+  if encoder is None:
+    return jax.tree.map(lambda i: factor_fn(i, depth), ids)
+  return {k: jax.tree.map(lambda i: factor_fn(i, depth), v) if k == encoder else
+          jax.tree.map(lambda i: np.ones_like(i, np.float64), v) for k, v in ids.items()}
+
+
+def frozen_leaves(params, frozen_layers: int, encoder: str | None = "encoder"):
+  """Tree like `params` of bools: True where every entry of the leaf is frozen (a stacked
+  leaf that is only partly frozen is False: it keeps its optimizer state)."""
+  factors = _factors(params, encoder, layer_factor(1.0, frozen_layers))
+  return jax.tree.map(lambda f: bool(np.all(f == 0)), factors)
 
 
 def scale_by_layer(factor_fn: FactorFn, encoder: str | None = "encoder"

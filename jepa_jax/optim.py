@@ -1,6 +1,7 @@
 """Optimizer: global-norm clipping, AdamW with a weight-decay mask, warmup + cosine,
 optional per-layer factors of the encoder (layer-wise lr decay, frozen bottom layers),
 then (for objectives with a target network) the EMA target transformation."""
+import flax.linen as nn
 import jax
 import ml_collections
 import optax
@@ -36,6 +37,29 @@ def weight_decay_mask(params):
   return jax.tree_util.tree_map_with_path(lambda path, _: _last_name(path) == "kernel", params)
 
 
+def _is_box(x) -> bool:
+  return isinstance(x, nn.meta.AxisMetadata)
+
+
+def frozen_labels(params, frozen_layers: int, encoder_subtree: str | None):
+  """'frozen' / 'trained' per parameter (a logical-axis box counts as one leaf, so a
+  frozen parameter leaves no box behind in the optimizer state either)."""
+  plain = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if _is_box(x) else x, params,
+                       is_leaf=_is_box)
+  frozen = layerwise.frozen_leaves(plain, frozen_layers, encoder_subtree)
+  labels = ["frozen" if f else "trained" for f in jax.tree.leaves(frozen)]
+  return jax.tree.unflatten(jax.tree.structure(params, is_leaf=_is_box), labels)
+
+
+def without_frozen_state(inner: optax.GradientTransformation, frozen_layers: int,
+                         encoder_subtree: str | None) -> optax.GradientTransformation:
+  """`inner` on the parameters that train; wholly frozen parameters get a zero update and
+  no state at all (no AdamW moments), as if they were not parameters."""
+  return optax.multi_transform(
+      {"trained": inner, "frozen": optax.set_to_zero()},
+      lambda params: frozen_labels(params, frozen_layers, encoder_subtree))
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, ema_config: ml_collections.ConfigDict | None,
                    batch_size: int, total_steps: int, warmup_steps: int,
                    ema_subtree: str | None, encoder_subtree: str | None = "encoder"):
@@ -43,16 +67,22 @@ def make_optimizer(optim: ml_collections.ConfigDict, ema_config: ml_collections.
 
   `optim.layer_decay` (1 = off) and `optim.frozen_layers` (0 = off) act on the layers of
   the encoder at params[encoder_subtree] (None: the params are the encoder); see
-  layerwise.py for the layer numbering.
+  layerwise.py for the layer numbering. Wholly frozen parameters carry no optimizer state.
   """
   lr = learning_rate_schedule(optim, batch_size, total_steps, warmup_steps)
-  before, after = layerwise.transformations(optim.get("layer_decay", 1.0),
-                                            optim.get("frozen_layers", 0), encoder_subtree)
+  frozen_layers = optim.get("frozen_layers", 0)
+  before, after = layerwise.transformations(optim.get("layer_decay", 1.0), frozen_layers,
+                                            encoder_subtree)
   parts = list(before)  # frozen layers' gradients are zeroed before clipping sees them
+  trained = []
   if optim.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(optim.clip_norm))
-  parts.append(optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                           weight_decay=optim.weight_decay, mask=weight_decay_mask))
+    trained.append(optax.clip_by_global_norm(optim.clip_norm))
+  trained.append(optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                             weight_decay=optim.weight_decay, mask=weight_decay_mask))
+  if frozen_layers > 0:
+    parts.append(without_frozen_state(optax.chain(*trained), frozen_layers, encoder_subtree))
+  else:
+    parts.extend(trained)
   parts.extend(after)  # after AdamW, so weight decay never reaches a frozen parameter
   schedules = {"lr": lr}
   if ema_subtree is not None:

@@ -1,5 +1,6 @@
 """The train loop, read top to bottom:
-workdir check -> data -> mesh -> abstract init -> shardings -> jitted step -> resume ->
+workdir check -> data -> mesh -> abstract init -> shardings -> jitted step -> resume (or a
+fresh start, from `config.init_from`'s parameters when set) ->
 loop (metrics, checkpoints, non-finite guard, preemption) -> encoder export.
 
 It runs any objective (see objectives/__init__.py) without knowing which.
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jepa_jax import checkpoint, config_lib, datasets, ema, export, objectives, optim
+from jepa_jax import checkpoint, config_lib, datasets, ema, export, objectives, optim, warm_start
 from jepa_jax import mesh as mesh_lib
 from jepa_jax import metrics as metrics_lib
 
@@ -136,12 +137,15 @@ def compile_step(config: ml_collections.ConfigDict, objective, tx, schedules, me
                       shardings, batch_sharding)
 
 
+def has_checkpoint(workdir: Path) -> bool:
+  return (workdir / "checkpoints").is_dir() and any(
+      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+
+
 def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """Refuse to resume a checkpoint written under an incompatible config."""
   saved_path = workdir / "config.json"
-  has_checkpoint = (workdir / "checkpoints").is_dir() and any(
-      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
-  if not has_checkpoint:
+  if not has_checkpoint(workdir):
     return
   if not saved_path.exists():
     raise IncompatibleWorkdirError(
@@ -198,10 +202,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   workdir = Path(workdir).absolute()
   config_lib.validate(config)
   check_workdir(workdir, config)
+  # A fresh run's pretrained parameters, read and checked before anything compiles.
+  pretrained = warm_start.load(config) \
+      if config.get("init_from") and not has_checkpoint(workdir) else None
   timings = {}
 
   t = time.perf_counter()
   data = datasets.resolve(config)
+  config_lib.validate_dataset(config, data.num_examples)
   dataset = datasets.train_dataset(config, data)
   timings["data"] = time.perf_counter() - t
   total_steps, warmup_steps = schedule_steps(config, data.num_examples)
@@ -229,6 +237,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
       print(f"resumed from the checkpoint at step {latest} in {workdir}", flush=True)
     else:
       state = compiled.initial_state()
+      if pretrained is not None:
+        state = warm_start.start_from(state, pretrained, tx, compiled.shardings)
+        print(f"started from the parameters of {config.init_from}", flush=True)
       workdir.mkdir(parents=True, exist_ok=True)
       (workdir / "config.json").write_text(config.to_json(indent=2))
 

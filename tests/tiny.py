@@ -38,3 +38,23 @@ def tiny_mae_config(**train):
   c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
   c.train.update(**train)
   return c
+
+
+def tiny_uamix_config(stage: int = 1, init_from: str = "/nonexistent", **train):
+  """The uaMix demo shrunk like `tiny_mae_config` (2 blocks, so stage 2 freezes the
+  embedding and block 1), starting from `init_from`."""
+  module = load_config_module("uamix")
+  c = module.get_config(f"stage{stage},demo")
+  c.data.frontend = "audio_jepa"
+  c.data.frames = 64
+  c.data.synthetic.update(num_pretrain=48, num_probe=36)
+  c.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
+  c.uamix.update(queue_size=16)
+  c.uamix.head.update(hidden=16, out=8)
+  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2)
+  c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
+  c.train.update(**train)
+  module.set_stage(c, stage)
+  c.optim.warmup_epochs = 0.25
+  c.init_from = init_from
+  return c

@@ -10,14 +10,16 @@ Each objective class is built from the config and provides
   input_transform(params, aux) -> {"scale", "shift"} per mel bin or None: a learned
       input normaliser the exported encoder's input must go through (Dasheng's BatchNorm)
   ema_subtree: name of the params entry the optimizer keeps an EMA of, or None.
+Optionally, the class's dataset_errors(config, num_examples) -> list of errors that need
+the training set's size (checked once the data is resolved).
 `aux` carries non-trained state (BatchNorm statistics, queues) and, under 'ema', the
 EMA target the optimizer holds.
 """
 import ml_collections
 
-from jepa_jax.objectives import jepa, mae
+from jepa_jax.objectives import jepa, mae, uamix
 
-OBJECTIVES = {"jepa": jepa.JEPA, "mae": mae.MAE}
+OBJECTIVES = {"jepa": jepa.JEPA, "mae": mae.MAE, "uamix": uamix.UaMix}
 
 
 def build(config: ml_collections.ConfigDict, total_steps: int = 1):

@@ -1,0 +1,96 @@
+"""Start a fresh run from a pretrained one: `config.init_from` names a workdir or its
+export/ (uaMix stage 1 from an MAE run, stage 2 from stage 1).
+
+The encoder comes from the export (export.load_encoder), which every finished run writes.
+Other parameter entries this objective shares by name with the source run (uaMix stage
+1's projection head) come from the latest checkpoint of its workdir, when it has one; the
+rest (an MAE decoder) is ignored. The config must build the same encoder on the same
+input. The optimizer state is then built afresh on the loaded parameters. A resumed run
+never reloads: its checkpoint already holds everything.
+"""
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from jepa_jax import checkpoint, export
+from jepa_jax.config_lib import ConfigError
+
+# What makes two configs' encoders (and their inputs) interchangeable.
+ENCODER_FIELDS = ("model.patch_shape", "model.width", "model.depth", "model.num_heads",
+                  "model.mlp_dim", "model.positions", "model.scan_layers", "data.frontend",
+                  "data.frames", "data.normalization")
+
+
+def source_dirs(init_from: str | Path) -> tuple[Path, Path | None]:
+  """(export dir, workdir or None when `init_from` is an export itself)."""
+  path = Path(init_from).expanduser().absolute()
+  if (path / "export" / "config.json").exists():
+    return path / "export", path
+  if (path / "config.json").exists() and (path / "encoder").is_dir():
+    return path, None
+  raise ConfigError(
+      f"init_from={str(init_from)!r}: no encoder export there (expected <workdir>/export or "
+      f"an export folder); train the source run to the end first")
+
+
+def _field(config: ml_collections.ConfigDict, name: str):
+  section, key = name.split(".")
+  value = config[section].get(key) if section in config else None
+  return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def compatibility_errors(config: ml_collections.ConfigDict,
+                         source: ml_collections.ConfigDict) -> list[str]:
+  return [f"{name}: {_field(source, name)!r} in the source, {_field(config, name)!r} here"
+          for name in ENCODER_FIELDS if _field(source, name) != _field(config, name)]
+
+
+def load(config: ml_collections.ConfigDict) -> dict:
+  """{params entry: numpy tree} to start from: 'encoder', plus the source checkpoint's
+  other entries (`merge` keeps those the new run's parameters have)."""
+  export_dir, workdir = source_dirs(config.init_from)
+  source_config, _, encoder, frontend = export.load_encoder(export_dir)
+  errors = compatibility_errors(config, source_config)
+  if "input_norm" in frontend:
+    errors.append("the source encoder needs its learned input normaliser (Dasheng's "
+                  "BatchNorm), which this objective does not apply")
+  if errors:
+    raise ConfigError(f"init_from={config.init_from!r} holds an encoder this config cannot "
+                      f"use:\n  " + "\n  ".join(errors))
+  loaded = {"encoder": jax.tree.map(np.asarray, encoder)}
+  params = checkpoint.latest_entry(workdir / "checkpoints") if workdir is not None else None
+  for name, tree in (params or {}).items():
+    if name != "encoder":
+      loaded[name] = tree
+  return loaded
+
+
+def _placed(current: jax.Array, value: np.ndarray, where: str) -> jax.Array:
+  if value.shape != current.shape:
+    raise ConfigError(f"init_from: {where} has shape {value.shape} in the source, "
+                      f"{current.shape} here")
+  value = np.asarray(value, current.dtype)
+  return jax.make_array_from_callback(current.shape, current.sharding, lambda i: value[i])
+
+
+def merge(params: dict, loaded: dict) -> dict:
+  """`params` with the entries `loaded` shares with it replaced, on the same shardings."""
+  out = dict(params)
+  for name in loaded.keys() & params.keys():
+    if jax.tree.structure(params[name]) != jax.tree.structure(loaded[name]):
+      raise ConfigError(f"init_from: params[{name!r}] is laid out differently in the source "
+                        f"(another size or layer layout)")
+    out[name] = jax.tree_util.tree_map_with_path(
+        lambda path, c, v, n=name: _placed(c, v, f"params[{n!r}]{jax.tree_util.keystr(path)}"),
+        params[name], loaded[name])
+  return out
+
+
+def start_from(state: dict, loaded: dict, tx, shardings: dict) -> dict:
+  """The fresh train state with `loaded` (from `load`) in its parameters and a new
+  optimizer state."""
+  params = merge(state["params"], loaded)
+  opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+  return {**state, "params": params, "opt_state": opt_state}
