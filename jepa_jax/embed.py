@@ -35,10 +35,6 @@ class FeatureSet:
   fingerprint: str
 
 
-def _digest(*parts) -> str:
-  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _files_digest(root: Path) -> str:
   h = hashlib.sha256()
   for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -67,15 +63,17 @@ def load_feature_sets(workdir: str | Path, names: tuple[str, ...] = ("trained",)
                                     _files_digest(export_dir(workdir) / "encoder")),
       "random_init": lambda: FeatureSet("random_init", encoder,
                                         train.initial_encoder_params(config),
-                                        _digest("random_init", config.to_dict())),
-      MEAN_LOGMEL: lambda: FeatureSet(MEAN_LOGMEL, None, None, _digest(MEAN_LOGMEL)),
+                                        task_data.fingerprint("random_init", config.to_dict())),
+      MEAN_LOGMEL: lambda: FeatureSet(MEAN_LOGMEL, None, None,
+                                        task_data.fingerprint(MEAN_LOGMEL)),
   }
   return config, frontend_meta, [made[n]() for n in names]
 
 
 def cache_path(workdir: str | Path, task: task_data.LabelledTask, feature_set: FeatureSet,
                frontend_meta: dict, freq_pool: str) -> Path:
-  key = _digest(feature_set.fingerprint, task.fingerprint, frontend_meta, freq_pool)[:16]
+  key = task_data.fingerprint(feature_set.fingerprint, task.fingerprint, frontend_meta,
+                              freq_pool)
   return Path(workdir).absolute() / CACHE_DIR / f"{task.name}-{feature_set.name}-{key}.npz"
 
 

@@ -106,9 +106,14 @@ def rows(results: dict):
         yield task, protocol, metric, by_set
 
 
-def markdown(results: dict) -> str:
-  sets = sorted({fs for by_p in results.values() for by_s in by_p.values() for fs in by_s},
+def _columns(groups) -> list[str]:
+  """The feature sets of (task, protocol, metric, by_set) rows: the trained encoder first."""
+  return sorted({fs for *_, by_set in groups for fs in by_set},
                 key=lambda s: (s != "trained", s))
+
+
+def markdown(results: dict) -> str:
+  sets = _columns(rows(results))
   lines = ["| task | protocol | metric | " + " | ".join(sets) + " |",
            "|---|---|---|" + "---|" * len(sets)]
   for task, protocol, metric, by_set in rows(results):
@@ -124,8 +129,7 @@ def bar_chart(results: dict, path: Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   groups = [r for r in rows(results) if r[2] != "d_prime"]
-  sets = sorted({fs for *_, by_set in groups for fs in by_set},
-                key=lambda s: (s != "trained", s))
+  sets = _columns(groups)
   width = 0.8 / len(sets)
   fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups)), 4))
   for j, fs in enumerate(sets):
@@ -171,13 +175,13 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -
   # Older exports have no finetune section: the defaults fill what is not given.
   settings = {**config.get("finetune", {}), **overrides}
   finetune.settings_of(settings)  # bad settings fail here, before any audio is read
+  encoders = [fs for fs in sets if fs.encoder is not None]  # a fixed feature has nothing to tune
   results = {}
   for source in sources:
-    memo = {}
-    for fs in sets:
-      if fs.encoder is None:
-        continue  # a fixed feature has nothing to fine-tune
-      task, mels = task_data.load_mels(source, frontend_meta, unit_sec, whole=True, memo=memo)
+    if not encoders:
+      continue
+    task, mels = task_data.load_mels(source, frontend_meta, unit_sec, whole=True)
+    for fs in encoders:
 
       def progress(p, name=fs.name, task_name=task.name):
         valid = ", ".join(f"{k} {v:.3f}" for k, v in p["valid"].items())

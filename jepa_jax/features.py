@@ -36,6 +36,17 @@ def chunk(mels: list[np.ndarray], frames: int, patch_frames: int, pad_value):
   return np.stack(chunks), np.asarray(owner), np.asarray(cols)
 
 
+def padded_batches(rows: np.ndarray, batch_size: int):
+  """(batch, real rows in it) over `rows`; the last batch is padded with zeros to
+  `batch_size` instead of compiling a new shape."""
+  for start in range(0, len(rows), batch_size):
+    part = rows[start:start + batch_size]
+    n = len(part)
+    if n < batch_size:
+      part = np.concatenate([part, np.zeros((batch_size - n,) + part.shape[1:], part.dtype)])
+    yield part, n
+
+
 FREQ_POOLS = ("concat", "mean")  # how the frequency tokens of one time step are combined
 
 
@@ -61,14 +72,9 @@ def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frame
   if freq_pool not in FREQ_POOLS:
     raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(FREQ_POOLS)}")
   chunks, owner, cols = chunk(mels, frames, encoder.patch_shape[1], pad_value)
-  steps = []
-  for start in range(0, len(chunks), batch_size):
-    part = chunks[start:start + batch_size]
-    n = len(part)
-    if n < batch_size:  # pad the last batch instead of compiling a new shape
-      part = np.concatenate([part, np.zeros((batch_size - n,) + part.shape[1:], part.dtype)])
-    steps.append(np.asarray(_time_steps(encoder, params, jnp.asarray(part), freq_pool))[:n])
-  steps = np.concatenate(steps)
+  steps = np.concatenate([
+      np.asarray(_time_steps(encoder, params, jnp.asarray(part), freq_pool))[:n]
+      for part, n in padded_batches(chunks, batch_size)])
   return [np.concatenate([steps[c, :cols[c]] for c in np.flatnonzero(owner == i)])
           for i in range(len(mels))]
 

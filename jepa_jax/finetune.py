@@ -63,7 +63,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jepa_jax import config_lib, features, layerwise, optim, scores, task_data, vit
+from jepa_jax import config_lib, features, layerwise, mixing, optim, scores, task_data, vit
 from jepa_jax import patches as patches_lib
 
 
@@ -116,11 +116,7 @@ def mixup(rng: jax.Array, x: jnp.ndarray, y: jnp.ndarray, alpha: float):
   r_lam, r_perm = jax.random.split(rng)
   lam = jax.random.beta(r_lam, alpha, alpha, (x.shape[0],))
   partner = jax.random.permutation(r_perm, x.shape[0])
-
-  def mix(a):
-    lam_a = lam.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
-    return lam_a * a + (1 - lam_a) * a[partner]
-  return mix(x), mix(y), lam
+  return mixing.convex(x, partner, lam), mixing.convex(y, partner, lam), lam
 
 
 def example_losses(logits: jnp.ndarray, y: jnp.ndarray, multilabel: bool) -> jnp.ndarray:
@@ -140,14 +136,15 @@ def make_optimizer(s) -> optax.GradientTransformation:
 
 
 def learning_rates(s, steps_per_epoch: int) -> np.ndarray:
-  """lr of every step: linear warmup from 0 to base_lr * batch / 256 over warmup_epochs,
-  then cosine to 0 at the last step (optax.warmup_cosine_decay_schedule's values)."""
+  """lr of every step, optim.learning_rate_schedule's values (linear warmup to base_lr *
+  batch / 256 over warmup_epochs, then cosine to 0 at the last step), precomputed so the
+  compiled step takes the lr as an argument whatever the number of steps."""
   total = s.epochs * steps_per_epoch
   warmup = min(round(s.warmup_epochs * steps_per_epoch), total - 1)
-  peak = optim.peak_learning_rate(s.base_lr, s.batch_size)
-  t = np.arange(total, dtype=np.float64)
-  cosine = 0.5 * peak * (1 + np.cos(np.pi * (t - warmup) / max(total - warmup, 1)))
-  return np.where(t < warmup, peak * t / max(warmup, 1), cosine).astype(np.float32)
+  schedule = optim.learning_rate_schedule(
+      ml_collections.ConfigDict(dict(base_lr=s.base_lr, end_lr_ratio=0.0)), s.batch_size,
+      total, warmup)
+  return np.asarray(jax.vmap(schedule)(jnp.arange(total)), np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,14 +306,9 @@ class _Run:
 
   def logits(self, params, chunks, owner, weight, clips: int) -> np.ndarray:
     """(clips, classes): chunk logits averaged per clip, weighted."""
-    b = self.s.batch_size
-    out = []
-    for start in range(0, len(chunks), b):
-      part = chunks[start:start + b]
-      n = len(part)
-      part = np.concatenate([part, np.zeros((b - n,) + part.shape[1:], part.dtype)])
-      out.append(np.asarray(self.fns.logits(params, part))[:n])
-    z = np.concatenate(out).astype(np.float64) * weight[:, None]
+    z = np.concatenate([np.asarray(self.fns.logits(params, part))[:n] for part, n in
+                        features.padded_batches(chunks, self.s.batch_size)])
+    z = z.astype(np.float64) * weight[:, None]
     total = np.zeros((clips, z.shape[1]))
     np.add.at(total, owner, z)
     return total / np.bincount(owner, weight, clips)[:, None]

@@ -111,6 +111,11 @@ def frame_centre2(frontend: frontends.FrontEnd) -> int:
                    f"centred is not known to jepa_jax.hear; add it to frame_centre2")
 
 
+def _frames(frontend: frontends.FrontEnd, n_samples: int) -> int:
+  """Frames of a sound, which is zero-padded to the front end's minimum when shorter."""
+  return frontend.num_frames(max(n_samples, frontend.min_samples, 1))
+
+
 def timestamp_grid(frontend: frontends.FrontEnd, patch_frames: int, passes: int,
                    n_samples: int) -> tuple[int, int, int]:
   """(first, step, count): timestamp i is centred on (first + i * step) / 2 samples.
@@ -120,7 +125,7 @@ def timestamp_grid(frontend: frontends.FrontEnd, patch_frames: int, passes: int,
   first = frame_centre2(frontend) + (patch_frames - 1) * frontend.hop_length
   step = 2 * shift * frontend.hop_length
   within = 0 if first > 2 * n_samples else (2 * n_samples - first) // step + 1
-  frames = frontend.num_frames(max(n_samples, frontend.min_samples, 1))
+  frames = _frames(frontend, n_samples)
   encoded = -(-frames // shift)  # i has a patch iff its first frame i * shift < frames
   return first, step, max(1, min(within, encoded))
 
@@ -286,17 +291,13 @@ def _groups(n_sounds: int, frames_each: int):
     yield slice(start, min(start + size, n_sounds))
 
 
-def _frames(model: HearModel, n_samples: int) -> int:
-  return model.frontend.num_frames(max(n_samples, model.frontend.min_samples, 1))
-
-
 def get_scene_embeddings(audio, model):
   """(n_sounds, scene_embedding_size) float32: the mean over time of each sound's patch
   embeddings (features.clip_embeddings with freq_pool='concat')."""
   m = _unwrap(model)
   audio, device = _as_numpy(audio)
   out = np.zeros((audio.shape[0], m.scene_embedding_size), np.float32)
-  for part in _groups(audio.shape[0], _frames(m, audio.shape[1])):
+  for part in _groups(audio.shape[0], _frames(m.frontend, audio.shape[1])):
     out[part] = features.clip_embeddings(m.encoder, m.params, _inputs(m, audio[part]),
                                          m.frames, m.pad, m.batch_size, FREQ_POOL)
   return _out(out, device)
@@ -314,7 +315,7 @@ def get_timestamp_embeddings(audio, model):
   ms = (first + step * np.arange(count, dtype=np.int64)) * 1000 / (2 * m.sample_rate)
   passes = min(m.passes, count)  # a pass whose first timestamp is past the end is skipped
   out = np.zeros((n_sounds, count, m.timestamp_embedding_size), np.float32)
-  for part in _groups(n_sounds, passes * _frames(m, n_samples)):
+  for part in _groups(n_sounds, passes * _frames(m.frontend, n_samples)):
     shifted = [mel[:, j * m.shift_frames:] for mel in _inputs(m, audio[part])
                for j in range(passes)]
     per_pass = features.frame_embeddings(m.encoder, m.params, shifted, m.frames, m.pad,

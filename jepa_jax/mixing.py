@@ -55,6 +55,13 @@ def box_interval(rng: jax.Array, fraction: jnp.ndarray, size: int) -> tuple:
   return start, jnp.minimum(start + width, size)
 
 
+def convex(a: jnp.ndarray, partner: jnp.ndarray, lam: jnp.ndarray) -> jnp.ndarray:
+  """lam * a + (1 - lam) * a[partner], lam (B,) broadcast over a's trailing axes (MixUp of
+  inputs and of targets alike)."""
+  lam = lam.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
+  return lam * a + (1 - lam) * a[partner]
+
+
 def sample(rng: jax.Array, mel: jnp.ndarray, m: ml_collections.ConfigDict) -> Mix:
   """Mix a (B, F, T) batch as `m.mode` says."""
   b, f, t = mel.shape
@@ -64,11 +71,9 @@ def sample(rng: jax.Array, mel: jnp.ndarray, m: ml_collections.ConfigDict) -> Mi
                jnp.ones((b,)))
   partner = jax.random.permutation(k_perm, b)
   lam = jax.random.beta(k_lam, m.alpha, m.alpha, (b,))
-  other = mel[partner]
   if m.mode == "mixup":
-    l3 = lam[:, None, None].astype(mel.dtype)
     box = jnp.zeros((b, 4), jnp.int32)
-    return Mix(l3 * mel + (1 - l3) * other, lam.astype(mel.dtype), partner, box, lam)
+    return Mix(convex(mel, partner, lam), lam.astype(mel.dtype), partner, box, lam)
   frac = side(lam, m.width_rule)
   t0, t1 = box_interval(k_time, frac, t)
   if m.mode == "time_freq":
@@ -80,7 +85,7 @@ def sample(rng: jax.Array, mel: jnp.ndarray, m: ml_collections.ConfigDict) -> Mi
   in_t = (frames >= t0[:, None]) & (frames < t1[:, None])
   inside = in_f[:, :, None] & in_t[:, None, :]
   effective = 1.0 - ((f1 - f0) * (t1 - t0)).astype(jnp.float32) / (f * t)
-  return Mix(jnp.where(inside, other, mel), effective.astype(mel.dtype), partner,
+  return Mix(jnp.where(inside, mel[partner], mel), effective.astype(mel.dtype), partner,
              jnp.stack([f0, f1, t0, t1], axis=1), lam)
 
 

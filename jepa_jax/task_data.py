@@ -74,7 +74,8 @@ def _settings(source: Path, unit_sec: float | None) -> float | None:
   return None if unit_sec is None else float(unit_sec)
 
 
-def _hash(*parts) -> str:
+def fingerprint(*parts) -> str:
+  """A short stable hash of JSON-able parts (what a cache key or a task's identity hashes)."""
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -86,7 +87,7 @@ def _from_folder(source: Path, unit_sec: float | None) -> tuple[LabelledTask, li
       name=source.name, source=source, labels=tuple(r.labels for r in task.rows),
       folds=tuple(r.fold for r in task.rows), splits=tuple(r.split for r in task.rows),
       label_names=task.label_names, multilabel=task.multilabel, unit_sec=unit_sec,
-      fingerprint=_hash("folder", meta, files, unit_sec)), [r.path for r in task.rows]
+      fingerprint=fingerprint("folder", meta, files, unit_sec)), [r.path for r in task.rows]
 
 
 def _shard_clips(source: Path, num_examples: int) -> list[list[int]]:
@@ -127,7 +128,7 @@ def _from_shards(source: Path, unit_sec: float | None):
       name=source.name, source=source, labels=labels, folds=names("fold"), splits=splits,
       label_names=tuple(sorted({n for lab in labels for n in lab})),
       multilabel=any(len(lab) > 1 for lab in labels), unit_sec=unit_sec,
-      fingerprint=_hash("shards", metadata, unit_sec))
+      fingerprint=fingerprint("shards", metadata, unit_sec))
   return task, (source_records, clips)
 
 
