@@ -3,6 +3,7 @@ check that a workdir's checkpoint came from a compatible config."""
 import functools
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import ml_collections
@@ -115,12 +116,29 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
       layer_decay=1.0,    # encoder layer i's lr x layer_decay ** (L + 1 - i); 1 = off
       frozen_layers=0))   # encoder layers 0 (embedding) .. frozen_layers - 1 stay fixed
   c.train = ml_collections.ConfigDict(dict(
-      batch_size=256, epochs=100.0, log_every=100, checkpoint_every=2000, keep_checkpoints=3))
+      batch_size=256,     # the global batch of one update (the lr scales with it)
+      # Gradient accumulation: a step runs its batch as micro_batches pieces in turn and
+      # averages their gradients into one update, holding the activations of
+      # batch_size / micro_batches examples. BatchNorm statistics, in-batch negatives
+      # (uamix) and mixing partners then come from one micro-batch.
+      micro_batches=1,
+      epochs=100.0, log_every=100, checkpoint_every=2000, keep_checkpoints=3))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  # Several processes (hosts) on jax.distributed (jepa_jax/distributed.py). Unset fields
+  # fall back to $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; all unset,
+  # jax detects a TPU / SLURM / MPI cluster, and without one the run is a single process.
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address="",  # host:port of process 0; "" = unset
+      num_processes=0,         # 0 = unset
+      process_id=-1))          # this process, 0 .. num_processes - 1; -1 = unset
   c.sharding_rules = (
       ("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "model"),
       ("heads", "model"), ("kv", None), ("length", None), ("patch", None),
       ("layers", None))   # the stacked axis of scanned blocks stays whole on every device
+  # Start-up check (mesh.check_replicated): on a mesh with fsdp or model > 1, a train-state
+  # leaf over replicated_mib MiB left whole on every device (no rule splits it) is warned
+  # about, or stops the run when fail is True.
+  c.sharding_check = ml_collections.ConfigDict(dict(replicated_mib=4.0, fail=False))
   # Linear probe after training (EVAR protocol) on the embedded corpus's held-out tasks.
   c.probe = ml_collections.ConfigDict(dict(
       seeds=3, lr=1e-3, max_epochs=200, patience=20, batch_size=128, chunk_batch=64))
@@ -209,6 +227,8 @@ def finetune_errors(f, section: str = "finetune") -> list[str]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError listing every invalid field of the config."""
+  import jax
+
   from data_pipelines import frontends
   from jepa_jax import masks, models, objectives, vit
 
@@ -245,6 +265,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"model.dtype {config.model.dtype!r} unknown; known: {sorted(models.DTYPES)}")
   _check(e, config.model.attention_impl in ("", "xla", "cudnn"),
          f"model.attention_impl must be '', 'xla' or 'cudnn', got {config.model.attention_impl!r}")
+  if config.model.attention_impl == "cudnn":  # cuDNN flash attention: GPU and bf16 / fp16 only
+    backend = jax.default_backend()
+    _check(e, backend == "gpu", f"model.attention_impl 'cudnn' needs a GPU, but jax's backend "
+           f"is {backend!r}; use '' or 'xla'")
+    _check(e, config.model.dtype == "bfloat16", f"model.attention_impl 'cudnn' needs "
+           f"model.dtype 'bfloat16', got {config.model.dtype!r}; or use '' or 'xla'")
 
   grid_ok = len(patch_shape) == 2 and min(patch_shape) > 0 and d.frames > 0 \
       and d.frontend in frontends.FRONTENDS
@@ -272,16 +298,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
   t = config.train
   _positive(e, config, "train", "batch_size", "epochs", "log_every", "checkpoint_every",
             "keep_checkpoints")
+  _check(e, _is_int(t.micro_batches) and t.micro_batches >= 1
+         and t.batch_size % t.micro_batches == 0,
+         f"train.micro_batches must be an integer >= 1 dividing train.batch_size "
+         f"{t.batch_size}, got {t.micro_batches!r}")
   _check(e, 0 <= o.warmup_epochs < t.epochs,
          f"optim.warmup_epochs must be in [0, train.epochs={t.epochs}), got {o.warmup_epochs}")
   mesh_sizes = [config.mesh[a] for a in ("data", "fsdp", "model")]
   _check(e, all(s == -1 or s >= 1 for s in mesh_sizes) and mesh_sizes.count(-1) <= 1,
          f"mesh sizes must be >= 1 with at most one -1 (fill), got {mesh_sizes}")
+  mib = config.sharding_check.replicated_mib
+  _check(e, mib >= 0, f"sharding_check.replicated_mib must be >= 0 (MiB), got {mib}")
   _positive(e, config, "probe", "seeds", "lr", "max_epochs", "patience", "batch_size",
             "chunk_batch")
   _check(e, isinstance(config.get("init_from", ""), str),
          f"init_from must be a path (a workdir or its export/) or '', got "
          f"{config.get('init_from')!r}")
+  if "distributed" in config:  # configs saved before multi-host runs have none
+    from jepa_jax import distributed
+    e.extend(distributed.config_errors(config.distributed, os.environ))
   if "finetune" in config:  # configs saved before fine-tuning existed have none
     e.extend(finetune_errors(config.finetune))
 
@@ -303,7 +338,12 @@ def validate_dataset(config: ml_collections.ConfigDict, num_examples: int) -> No
 # Fields that may change when a run resumes: they do not change what is computed.
 RESUME_FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                "data.worker_count", "mesh", "probe", "finetune",
-               "model.remat", "predictor.remat", "decoder.remat")  # memory, not values
+               "model.remat", "predictor.remat", "decoder.remat",  # memory, not values
+               # memory: the same global batch, schedule and data, split for another device
+               # count (per-micro-batch statistics aside, see base_config)
+               "train.micro_batches",
+               "distributed",  # where the processes run, not what they compute
+               "sharding_rules", "sharding_check")  # layout, as the mesh
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

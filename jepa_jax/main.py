@@ -7,6 +7,9 @@
 A workdir holding a checkpoint resumes from it. The last line printed is JSON: the
 probe accuracy of the trained encoder, of the same encoder at initialisation and of a
 mean-log-mel baseline (task means; per-task values and seed std beside them).
+
+A multi-host run starts the same command on every host (jepa_jax/distributed.py says how
+the processes find each other); process 0 writes, prints and probes.
 """
 import json
 import sys
@@ -77,8 +80,11 @@ def run(argv) -> None:
     config.to_dict()  # config_flags defers a failed load to the first use
   except OSError as err:
     _fail(f"cannot load --config: {_last_line(str(err))}")
-  from jepa_jax import config_lib
+  from jepa_jax import config_lib, distributed
   try:
+    if not FLAGS.dry_run:  # shapes only: nothing to coordinate
+      # First: the processes of a multi-process run join before any device is touched.
+      distributed.initialize(config)
     config_lib.validate(config)
   except config_lib.ConfigError as err:
     _fail(str(err))
@@ -88,26 +94,39 @@ def run(argv) -> None:
   if not FLAGS.workdir:
     _fail("--workdir is required (a folder for checkpoints, metrics and the export)")
 
-  from jepa_jax import datasets, evaluate, train
+  from jepa_jax import datasets, train
   try:
     result = train.train(config, FLAGS.workdir)
   except (config_lib.ConfigError, datasets.DataError, train.IncompatibleWorkdirError,
           train.NonFiniteLossError) as err:
     _fail(str(err))
+  primary = distributed.is_primary()
   if result.interrupted:
-    print(f"stopped at step {result.step} of {result.total_steps}; run the same command "
-          f"to resume", file=sys.stderr)
+    if primary:
+      print(f"stopped at step {result.step} of {result.total_steps}; run the same command "
+            f"to resume", file=sys.stderr)
     sys.exit(1)
-  summary = {"steps": result.step, "final_loss": result.last_metrics.get("loss"),
-             "timings_s": {k: round(v, 1) for k, v in result.timings.items()}}
-  if FLAGS.probe and not datasets.resolve(config).probe_tasks:
+  if primary:
+    print(json.dumps(summary(config, result, FLAGS.workdir, FLAGS.probe)))
+  # Process 0 alone probes, on its own devices; the others wait for it here rather than
+  # leave the distributed runtime under it.
+  distributed.barrier("probed")
+
+
+def summary(config, result, workdir: str, probe: bool) -> dict:
+  """The last line: the run's steps, loss and timings, with the probe's accuracies."""
+  from jepa_jax import datasets, evaluate
+  out = {"steps": result.step, "final_loss": result.last_metrics.get("loss"),
+         "timings_s": {k: round(v, 1) for k, v in result.timings.items()},
+         "input_wait_fraction": round(result.input_wait_fraction, 4)}
+  if probe and not datasets.resolve(config).probe_tasks:
     print("prepared data has no probe tasks: run python -m jepa_jax.evaluate "
           "--workdir=... --task=DIR", file=sys.stderr)
-  elif FLAGS.probe:
+  elif probe:
     t = time.perf_counter()
-    summary = {**evaluate.probe_workdir(FLAGS.workdir), **summary}
-    summary["timings_s"]["probe"] = round(time.perf_counter() - t, 1)
-  print(json.dumps(summary))
+    out = {**evaluate.probe_workdir(workdir), **out}
+    out["timings_s"]["probe"] = round(time.perf_counter() - t, 1)
+  return out
 
 
 def main() -> None:

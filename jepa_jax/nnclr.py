@@ -41,8 +41,10 @@ class ProjectionHead(nn.Module):
     x = x.astype(jnp.float32)
     for i in range(self.layers):
       last = i == self.layers - 1
-      x = vit.dense(self.out if last else self.hidden, (None, None), jnp.float32,
-                    f"dense_{i}")(x)
+      # Axis names alternate as in the encoder's MLP, so FSDP ('embed') and tensor
+      # parallelism ('mlp') split every kernel instead of leaving it on each device.
+      names = ("embed", "mlp") if i % 2 == 0 else ("mlp", "embed")
+      x = vit.dense(self.out if last else self.hidden, names, jnp.float32, f"dense_{i}")(x)
       x = BatchStatNorm(name=f"norm_{i}")(x)
       if not last:
         x = nn.relu(x)

@@ -42,7 +42,7 @@ class Predictor(nn.Module):
       raise ValueError("windowed attention needs the full token grid (full_grid=True)")
     table = PositionTable(self.grid, self.width, self.positions, name="positions")()
     x = dense(self.width, (None, "embed"), self.dtype, "embed")(context)
-    x = x + table[context_idx]
+    x = (x + table[context_idx]).astype(self.dtype)  # the float32 table would promote it
     mask_token = self.param(
         "mask_token",
         nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),

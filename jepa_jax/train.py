@@ -22,8 +22,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from jepa_jax import checkpoint, config_lib, datasets, ema, export, objectives, optim, warm_start
+from jepa_jax import (
+    checkpoint,
+    config_lib,
+    datasets,
+    distributed,
+    ema,
+    export,
+    objectives,
+    optim,
+    warm_start,
+)
 from jepa_jax import mesh as mesh_lib
 from jepa_jax import metrics as metrics_lib
 
@@ -42,7 +53,12 @@ class TrainResult:
   total_steps: int
   interrupted: bool
   last_metrics: dict
-  timings: dict  # seconds: data, compile, train
+  timings: dict  # seconds: data, compile, train, input_wait (the part of train spent on input)
+
+  @property
+  def input_wait_fraction(self) -> float:
+    """Share of the loop's wall time the host spent getting batches (goal <= 5 %)."""
+    return self.timings["input_wait"] / max(self.timings["train"], 1e-9)
 
 
 def schedule_steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
@@ -71,30 +87,75 @@ def init_state(objective, tx, rng) -> dict:
           "opt_state": tx.init(params), "aux": objective.init_aux()}
 
 
-def _objective_aux(state) -> dict:
-  """What the objective sees besides its parameters: its own non-trained state and the
-  EMA target the optimizer keeps (None without one)."""
-  return {"ema": ema.find_target(state["opt_state"]), **state["aux"]}
+def _objective_aux(opt_state, aux) -> dict:
+  """What the objective sees besides its parameters: its own non-trained state `aux` and
+  the EMA target the optimizer keeps (None without one)."""
+  return {"ema": ema.find_target(opt_state), **aux}
 
 
-def train_step(objective, tx, schedules, step_key, state, batch):
+def split_micro_batches(batch: dict, k: int) -> dict:
+  """Each (B, ...) array as (k, B/k, ...): micro-batch i holds examples i, i + k, i + 2k...
+  A device's contiguous rows of the batch split into k local pieces, so every micro-batch
+  stays spread over the data x fsdp devices and no example moves (contiguous slices would
+  put each micro-batch on 1/k of the devices)."""
+  def split(x):
+    x = jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+    return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+  return jax.tree.map(split, batch)
+
+
+def accumulated_gradients(grad_fn, params, opt_state, aux, batch, rng, step, k: int):
+  """(metrics, new aux, gradient) of `batch` run as k micro-batches in order (one scan):
+  gradient and metrics are the means over micro-batches, micro-batch i draws its masks
+  and augmentations from fold_in(rng, i), and aux goes through them in turn, so the
+  objective's own state (BatchNorm running statistics, the NNCLR queue) is updated once
+  per micro-batch, from its B/k examples. The scan carries only the gradient sum: memory
+  is one micro-batch's activations plus one gradient."""
+  def micro_step(carry, xs):
+    grad_sum, aux = carry
+    i, micro = xs
+    (loss, (metrics, aux)), grads = grad_fn(params, _objective_aux(opt_state, aux), micro,
+                                            jax.random.fold_in(rng, i), step)
+    return (jax.tree.map(jnp.add, grad_sum, grads), aux), {**metrics, "loss": loss}
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (grad_sum, aux), metrics = jax.lax.scan(
+      micro_step, (zeros, aux), (jnp.arange(k), split_micro_batches(batch, k)))
+  return (jax.tree.map(lambda m: m.mean(0), metrics), aux,
+          jax.tree.map(lambda g: g / k, grad_sum))
+
+
+def train_step(objective, tx, schedules, step_key, state, batch, micro_batches: int = 1):
+  """One optimizer (and EMA) update from the gradient of the whole batch, computed at once
+  or, with micro_batches k > 1, accumulated over k micro-batches."""
   step = state["step"]
   rng = jax.random.fold_in(step_key, step)
-  aux = _objective_aux(state)
   grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
-  (loss, (metrics, new_aux)), grads = grad_fn(state["params"], aux, batch, rng, step)
+  if micro_batches == 1:
+    aux = _objective_aux(state["opt_state"], state["aux"])
+    (loss, (metrics, new_aux)), grads = grad_fn(state["params"], aux, batch, rng, step)
+    metrics = {**metrics, "loss": loss}
+  else:
+    metrics, new_aux, grads = accumulated_gradients(
+        grad_fn, state["params"], state["opt_state"], state["aux"], batch, rng, step,
+        micro_batches)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+  metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
              **{name: schedule(step) for name, schedule in schedules.items()}}
   return {"step": step + 1, "params": params, "opt_state": opt_state, "aux": new_aux}, metrics
 
 
-def monitor_step(objective, step_key, state, batch):
-  """The objective's collapse monitors after a step, on that step's batch and masks."""
+def monitor_step(objective, step_key, state, batch, micro_batches: int = 1):
+  """The objective's collapse monitors after a step, on that step's batch and masks (its
+  first micro-batch, so they fit in the memory the step fits in)."""
   step = state["step"] - 1
-  return objective.monitors(state["params"], _objective_aux(state), batch,
-                            jax.random.fold_in(step_key, step), step)
+  rng = jax.random.fold_in(step_key, step)
+  if micro_batches > 1:
+    batch = jax.tree.map(lambda x: x[0], split_micro_batches(batch, micro_batches))
+    rng = jax.random.fold_in(rng, 0)
+  return objective.monitors(state["params"], _objective_aux(state["opt_state"], state["aux"]),
+                            batch, rng, step)
 
 
 @dataclasses.dataclass
@@ -118,16 +179,17 @@ def compile_step(config: ml_collections.ConfigDict, objective, tx, schedules, me
     shardings = mesh_lib.state_shardings(boxed, mesh, rules)
     abstract_state = checkpoint.abstract_with_shardings(mesh_lib.strip_boxes(boxed), shardings)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    b = config.train.batch_size
+    b, k = config.train.batch_size, config.train.micro_batches
     abstract_batch = {
         "mel": jax.ShapeDtypeStruct((b, n_mels, config.data.frames), jnp.float32,
                                     sharding=batch_sharding),
         "id": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sharding)}
-    step = jax.jit(functools.partial(train_step, objective, tx, schedules, step_key),
+    step = jax.jit(functools.partial(train_step, objective, tx, schedules, step_key,
+                                     micro_batches=k),
                    in_shardings=(shardings, batch_sharding),
                    out_shardings=(shardings, mesh_lib.replicated(mesh)),
                    donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
-    monitor = jax.jit(functools.partial(monitor_step, objective, step_key),
+    monitor = jax.jit(functools.partial(monitor_step, objective, step_key, micro_batches=k),
                       in_shardings=(shardings, batch_sharding),
                       out_shardings=mesh_lib.replicated(mesh),
                       ).lower(abstract_state, abstract_batch).compile() if monitors else None
@@ -161,14 +223,24 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
 
 
 class _StopRequest:
-  """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to checkpoint and stop."""
+  """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to checkpoint and stop. The
+  processes of a multi-process run must stop after the same step, whichever of them got
+  the signal: there jax's preemption service (started by jax.distributed.initialize)
+  takes SIGTERM and agrees on that step with the others."""
 
   def __init__(self):
     self.requested = False
+    self.agreed = jax.process_count() > 1
+
+  def after(self, step: int) -> bool:
+    """Whether to checkpoint and stop after `step`; asked once at every step."""
+    if self.agreed:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   @contextlib.contextmanager
   def installed(self):
-    if threading.current_thread() is not threading.main_thread():
+    if self.agreed or threading.current_thread() is not threading.main_thread():
       yield self
       return
     def handler(signum, frame):
@@ -216,9 +288,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
 
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.rules(config)
-  if config.train.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-    raise config_lib.ConfigError(f"train.batch_size {config.train.batch_size} must divide over the "
-                     f"{mesh.shape['data'] * mesh.shape['fsdp']} data x fsdp devices")
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro_batch = config.train.batch_size // config.train.micro_batches
+  if micro_batch % batch_devices:
+    raise config_lib.ConfigError(
+        f"a micro-batch of train.batch_size {config.train.batch_size} / train.micro_batches "
+        f"{config.train.micro_batches} = {micro_batch} examples must divide over the "
+        f"{batch_devices} data x fsdp devices; change the batch size, micro_batches or mesh")
   objective = objectives.build(config, total_steps)
   tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
                                        total_steps, warmup_steps, objective.ema_subtree)
@@ -227,21 +303,27 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   compiled = compile_step(config, objective, tx, schedules, mesh,
                           data.metadata["frontend"]["n_mels"])
   timings["compile"] = time.perf_counter() - t
+  mesh_lib.check_replicated(config.sharding_check, compiled.abstract_state, compiled.shardings,
+                            mesh)
   batch_sharding = compiled.batch_sharding
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     iterator = iter(dataset)
     latest = ckpt.latest_step()
+    primary = distributed.is_primary()  # every process restores and saves; one writes
     if latest is not None:
       state = ckpt.restore(latest, compiled.abstract_state, iterator)
-      print(f"resumed from the checkpoint at step {latest} in {workdir}", flush=True)
+      if primary:
+        print(f"resumed from the checkpoint at step {latest} in {workdir}", flush=True)
     else:
       state = compiled.initial_state()
       if pretrained is not None:
         state = warm_start.start_from(state, pretrained, tx, compiled.shardings)
-        print(f"started from the parameters of {config.init_from}", flush=True)
-      workdir.mkdir(parents=True, exist_ok=True)
-      (workdir / "config.json").write_text(config.to_json(indent=2))
+        if primary:
+          print(f"started from the parameters of {config.init_from}", flush=True)
+      if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json(indent=2))
 
   start = int(state["step"])
   writer = metrics_lib.MetricWriter(workdir, start)
@@ -253,10 +335,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     # Each step's loss is checked while the next one runs, so the host only waits for
     # the device at logs and saves.
     pending = None
+    timings["input_wait"] = 0.0
+    logged = (t, 0.0)  # time and input wait at the last log
     for step in range(start + 1, total_steps + 1):
+      waited_from = time.perf_counter()
       local = next(iterator)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                for k, v in local.items()}
+      # What blocks the host: the batch and the slicing into per-device shards; the copies
+      # to the devices run asynchronously (the step waits for them, not the host).
+      timings["input_wait"] += time.perf_counter() - waited_from
       state, metrics = compiled.step(state, batch)
       if pending is not None:
         _ensure_finite(*pending, ckpt)
@@ -265,11 +353,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         last_metrics = jax.device_get({**metrics, **compiled.monitors(state, batch)})
         _ensure_finite(step, last_metrics, ckpt)
         rate = progress.update(step, last_metrics)
-        writer.write(step, {**last_metrics, "steps_per_sec": rate})
-      if step % config.train.checkpoint_every == 0 or step == total_steps or stop.requested:
+        now, waited = time.perf_counter(), timings["input_wait"]
+        writer.write(step, {**last_metrics, "steps_per_sec": rate,
+                            "input_wait_fraction": (waited - logged[1]) / (now - logged[0])})
+        logged = (now, waited)
+      stopping = stop.after(step)
+      if step % config.train.checkpoint_every == 0 or step == total_steps or stopping:
         _ensure_finite(step, metrics, ckpt)
         ckpt.save(step, state, iterator)
-      if stop.requested:
+      if stopping:
         break
   ckpt.wait()
   timings["train"] = time.perf_counter() - t

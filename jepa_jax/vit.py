@@ -28,9 +28,11 @@ def _param(init, names):
   return nn.with_logical_partitioning(init, names)
 
 
-def layer_norm(name: str | None = None) -> nn.LayerNorm:
+def layer_norm(name: str | None = None, dtype: Dtype | None = None) -> nn.LayerNorm:
+  """Statistics in float32 whatever the input; the output in `dtype`, or float32 (the
+  parameters' dtype) when None."""
   return nn.LayerNorm(
-      epsilon=LN_EPS, name=name,
+      epsilon=LN_EPS, name=name, dtype=dtype,
       scale_init=_param(nn.initializers.ones_init(), ("embed",)),
       bias_init=_param(nn.initializers.zeros_init(), ("embed",)))
 
@@ -123,6 +125,23 @@ class Windows:
     return region[:, :, None] == region[:, None, :]
 
 
+def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
+                     implementation: str | None) -> jnp.ndarray:
+  """Self-attention over (B, S, heads, head_dim) by `jax.nn.dot_product_attention`, with a
+  bool `mask` broadcastable to (B, heads, S, S) or None. cuDNN takes a mask as a bias of
+  the whole (S, S) shape and only an even S: an odd sequence gets one more token that no
+  query attends to, dropped from the output."""
+  n, pad = q.shape[1], q.shape[1] % 2
+  if implementation != "cudnn" or (mask is None and not pad):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  if mask is None:
+    mask = jnp.ones((q.shape[0], 1, 1, n), bool)
+  q, k, v = (jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))) for t in (q, k, v))
+  mask = jnp.pad(jnp.broadcast_to(mask, mask.shape[:2] + (n, n)),
+                 ((0, 0), (0, 0), (0, pad), (0, pad)))  # False: the extra key is off
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")[:, :n]
+
+
 class Attention(nn.Module):
   """Multi-head self-attention, global or within `windows`; `key_mask` (B, S) bool
   switches keys off."""
@@ -153,8 +172,7 @@ class Attention(nn.Module):
       if key_mask is not None:
         mask = mask & w.partition(key_mask)[:, None, :]
       mask = mask[:, None]  # (B * windows, heads, queries, keys)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+    out = masked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, self.implementation)
     if self.windows is not None:
       out = self.windows.merge(out)
     return Projection((width,), ("heads", "kv"), ("embed",), self.dtype, name="out")(out)
@@ -183,9 +201,9 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
     y = Attention(self.num_heads, self.dtype, self.attention_impl, self.windows, name="attn")(
-        layer_norm("norm1")(x), key_mask)
+        layer_norm("norm1", self.dtype)(x), key_mask)
     x = x + y
-    x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("norm2")(x))
+    x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -321,6 +339,8 @@ class Transformer(nn.Module):
         x = block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
                   block_windows(self.windows, i), name=f"block_{i}")(
                       x, layer_mask(key_mask, extra))
+    # Blocks compute in `dtype`; the final norm's output is float32, what losses, EMA
+    # targets and downstream features read.
     return layer_norm("norm")(x)
 
 
@@ -435,7 +455,8 @@ class Encoder(nn.Module):
       x = x + table[None]
     else:
       x = x + table[idx]
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    # The residual stream in the compute dtype (the float32 table would promote it).
+    x = nn.with_logical_constraint(x.astype(self.dtype), ("batch", "length", "embed"))
     return Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
                        self.attention_impl, scan=self.scan, remat=self.remat,
                        name="transformer")(x, valid, layer_key_masks)

@@ -1,0 +1,81 @@
+"""The train-step benchmark's pieces (benchmarks/step_setup.py, torch_step.py) on tiny
+configs: pass shapes, analytic FLOPs, token-count configs, the plain baseline, the
+PyTorch step."""
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import step_setup
+from jepa_jax import config_lib, models
+from tests.tiny import tiny_config, tiny_mae_config
+
+
+def test_passes_of_jepa_and_mae_steps():
+  # 5 x 4 = 20 tokens; unstructured: 12 targets (0.6), 8 context.
+  passes = {p.name: p for p in step_setup.step_passes(tiny_config())}
+  assert [(p.sequences, p.tokens, p.keys, p.trained) for p in passes.values()] == [
+      (1, 8, 8, True), (1, 12, 12, False), (1, 20, 20, True)]
+  assert passes["target"].module == "encoder" and passes["predictor"].width == 16
+  mae = tiny_mae_config()  # AudioMAE demo masks 80 %; decoder windows of 5 x 2
+  context, decoder = step_setup.step_passes(mae)
+  assert (context.tokens, decoder.tokens, decoder.keys) == (4, 20, 10)
+
+
+def test_pass_flops():
+  p = step_setup.Pass("context", "encoder", sequences=2, tokens=10, keys=5, width=8, depth=3,
+                      num_heads=2, mlp_dim=16, trained=True)
+  params = 1000
+  assert step_setup.pass_flops(p, params) == 2 * 3 * (2 * 1000 * 10 + 4 * 10 * 5 * 8 * 3)
+  frozen = step_setup.pass_flops(step_setup.Pass(**{**p.__dict__, "trained": False}), params)
+  assert frozen * 3 == step_setup.pass_flops(p, params)
+
+
+@pytest.mark.parametrize("tokens, frontend, frames", [
+    (65, "audio_jepa", 208), (100, "audio_jepa", 320), (200, "audio_jepa", 640),
+    (512, "ajepa", 1024)])
+def test_with_tokens(tokens, frontend, frames):
+  c = step_setup.with_tokens(config_lib.load("configs/audio_jepa.py"), tokens)
+  assert (c.data.frontend, c.data.frames) == (frontend, frames)
+  assert math.prod(models.grid(c)) == tokens
+
+
+def test_with_tokens_rejects_a_count_no_front_end_divides():
+  with pytest.raises(config_lib.ConfigError, match="7 tokens per clip"):
+    step_setup.with_tokens(tiny_config(), 7)
+
+
+def test_plain_step_trains_the_encoder_and_head_only():
+  plain = step_setup.plain_step(tiny_config())
+  before = jax.tree.map(np.array, plain.params)  # a copy: the step donates params
+  params, loss = plain.step(plain.params, plain.frozen, plain.inputs)
+  assert np.isfinite(float(loss))
+  assert set(params) == {"encoder", "head"}
+  assert step_setup.count(params["encoder"]) == step_setup.count(plain.frozen)
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before, params)
+  assert all(jax.tree.leaves(moved))  # every parameter gets a gradient
+
+
+def tiny_latent_config():
+  """Latent targets (the target pass on the whole grid), full-grid predictor."""
+  c = tiny_config()
+  c.jepa.target_domain = "latent"
+  c.predictor.layout = "full_grid"
+  return c
+
+
+@pytest.mark.parametrize("make", [tiny_config, tiny_latent_config])
+def test_torch_step_trains_and_moves_the_target(make):
+  torch_step = pytest.importorskip("benchmarks.torch_step")
+  step = torch_step.TorchStep(make(), batch=4, device="cpu")
+  target = [p.detach().clone() for p in step.target.parameters()]
+  losses = [step.step() for _ in range(2)]
+  assert all(np.isfinite(losses))
+  assert any(not np.allclose(a, b.detach()) for a, b in zip(target, step.target.parameters()))
+
+
+def test_torch_step_says_what_it_does_not_model():
+  torch_step = pytest.importorskip("benchmarks.torch_step")
+  with pytest.raises(torch_step.Unsupported, match="local-window attention"):
+    torch_step.TorchStep(tiny_mae_config(), batch=4, device="cpu")
