@@ -1,13 +1,35 @@
-"""The compiled train step of a config with its initial state and a random batch: what
-the step benchmarks (train_step.py, masks.py) time and profile."""
+"""What the step benchmarks (train_step.py, masks.py, torch_step.py) time and profile: the
+compiled train step of a config with its initial state and a random batch; the ViT
+passes that step makes; and the same passes as plain ViTs, without the masked-prediction
+machinery, as the baseline the step is held against."""
 import dataclasses
+import statistics
 import time
+from collections.abc import Callable
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from data_pipelines import frontends
+from jepa_jax import config_lib, masks, models, objectives, optim, train, vit
 from jepa_jax import mesh as mesh_lib
-from jepa_jax import models, objectives, optim, train
+
+OBJECTIVES = ("jepa", "mae")  # the masked-prediction objectives these benchmarks describe
+
+
+def median_seconds(run: Callable[[], object], steps: int, warmup: int) -> float:
+  """Median wall time of `run` (one step that waits for its result) over `steps` calls
+  after `warmup` untimed ones."""
+  times = []
+  for i in range(warmup + steps):
+    t = time.perf_counter()
+    run()
+    if i >= warmup:
+      times.append(time.perf_counter() - t)
+  return statistics.median(times)
 
 
 @dataclasses.dataclass
@@ -36,3 +58,185 @@ def benchmark_step(config, total_steps: int = 1) -> BenchmarkStep:
       size=(batch, mels, frames)).astype(np.float32), bs),
           "id": jax.device_put(np.arange(batch, dtype=np.int32), bs)}
   return BenchmarkStep(objective, compiled, compiled.initial_state(), data, compile_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+  """One ViT pass of a train step, per clip: `sequences` sequences of `tokens` tokens
+  through the stack of params[module]; trained passes run forward and backward, the
+  others (the EMA target) forward only. Each query attends to `keys` tokens (`tokens`
+  for global attention, the window's size for local)."""
+  name: str
+  module: str
+  sequences: int
+  tokens: int
+  keys: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  trained: bool
+
+
+def head_name(config: ml_collections.ConfigDict) -> str:
+  return "predictor" if config.objective == "jepa" else "decoder"
+
+
+def check_objective(config: ml_collections.ConfigDict) -> None:
+  if config.objective not in OBJECTIVES:
+    raise config_lib.ConfigError(
+        f"objective {config.objective!r} is not benchmarked here; use a config whose "
+        f"objective is one of {OBJECTIVES}")
+
+
+def mask_shapes(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+  """(mask sets K, context slots Nc, target groups M, target slots Nt) of one clip."""
+  grid = models.grid(config)
+  m = jax.eval_shape(lambda k: masks.sample(k, 1, grid, config.mask), jax.random.key(0))
+  k, nc = m.context_idx.shape[1:]
+  groups, nt = m.target_idx.shape[2:]
+  return k, nc, groups, nt
+
+
+def step_passes(config: ml_collections.ConfigDict) -> list[Pass]:
+  """The ViT passes of one clip's train step: the context encoder on each mask set's
+  context slots; for JEPA the EMA target encoder on the target slots ('audio' targets) or
+  the whole grid ('latent'); the predictor / decoder on the restored grid (full_grid) or
+  on context plus target slots, once per target group (queries). Slot counts include
+  the padding of block masks, which the step computes too."""
+  check_objective(config)
+  grid = models.grid(config)
+  n = grid[0] * grid[1]
+  k, nc, groups, nt = mask_shapes(config)
+  m = config.model
+  encoder = dict(width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim)
+  passes = [Pass("context", "encoder", k, nc, nc, trained=True, **encoder)]
+  if config.objective == "jepa":
+    tokens = k * groups * nt if config.jepa.target_domain == "audio" else n
+    passes.append(Pass("target", "encoder", 1, tokens, tokens, trained=False, **encoder))
+  name = head_name(config)
+  h = config[name]
+  head = dict(width=h.width, depth=h.depth, num_heads=h.num_heads, mlp_dim=h.mlp_dim)
+  windows = models.windows(h, grid)
+  if h.layout == "full_grid":
+    keys = n if windows is None else windows.size[0] * windows.size[1]
+    passes.append(Pass(name, name, k, n, keys, trained=True, **head))
+  else:
+    passes.append(Pass(name, name, k * groups, nc + nt, nc + nt, trained=True, **head))
+  return passes
+
+
+def count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def pass_flops(p: Pass, params: int) -> int:
+  """FLOPs of one clip's pass through a module of `params` parameters."""
+  passes = 3 if p.trained else 1  # backward = 2 x forward
+  return p.sequences * passes * (2 * params * p.tokens + 4 * p.tokens * p.keys * p.width * p.depth)
+
+
+def with_tokens(config: ml_collections.ConfigDict, tokens: int) -> ml_collections.ConfigDict:
+  """The config with `tokens` patches per clip: its own front end when its mel rows divide
+  the count, else the first front end whose rows do; the crop length makes up the rest."""
+  pf, pt = models.patch_shape(config)
+  names = [config.data.frontend] + [n for n in frontends.FRONTENDS if n != config.data.frontend]
+  for name in names:
+    rows = frontends.get_frontend(name).n_mels // pf
+    if tokens % rows == 0:
+      c = config.copy_and_resolve_references()
+      c.data.frontend, c.data.frames = name, tokens // rows * pt
+      config_lib.validate(c)  # e.g. attention windows that do not tile the new grid
+      return c
+  rows = sorted({frontends.get_frontend(n).n_mels // pf for n in names})
+  raise config_lib.ConfigError(f"{tokens} tokens per clip: no front end's number of {pf}-bin "
+                               f"mel rows {rows} divides it; use a multiple of one of them")
+
+
+class PlainHead(nn.Module):
+  """The predictor / decoder's matrix work without its mask tokens, scatters and
+  gathers: linear in, the same stack (local windows included), linear out."""
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  out_dim: int
+  dtype: vit.Dtype
+  windows: vit.Windows | None
+  scan: bool
+  remat: str
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    x = vit.dense(self.width, (None, "embed"), self.dtype, "embed")(x)
+    x = vit.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
+                        windows=self.windows, scan=self.scan, remat=self.remat,
+                        name="transformer")(x)
+    return vit.dense(self.out_dim, ("embed", None), self.dtype, "project")(x)
+
+
+@dataclasses.dataclass
+class PlainStep:
+  step: Callable    # compiled (params, frozen encoder params, inputs) -> (params, loss)
+  params: dict
+  frozen: dict      # the target pass's encoder (a copy, never updated)
+  inputs: dict
+  compile_s: float
+
+
+def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
+  """The step's passes (step_passes) as plain ViTs on random inputs: jepa_jax.vit's
+  encoder forward and backward on the context token count, forward on the target pass's,
+  and a predictor-sized ViT forward and backward on the predictor's; the loss is the sum
+  of the outputs' mean cubes (plus the target pass's mean) and the update plain SGD.
+  So the matrix work of the step without masks, gathers, loss, AdamW or EMA."""
+  passes = {p.name: p for p in step_passes(config)}
+  batch = config.train.batch_size
+  name = head_name(config)
+  grid = models.grid(config)
+  n = grid[0] * grid[1]
+  pf, pt = models.patch_shape(config)
+  encoder = models.build_encoder(config)
+  head_pass, h = passes[name], config[name]
+  out_dim = config.model.width if name == "predictor" else pf * pt
+  head = PlainHead(h.width, h.depth, h.num_heads, h.mlp_dim, out_dim,
+                   models.DTYPES[config.model.dtype], models.windows(h, grid),
+                   **models.stack_options(h))
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.rules(config)
+
+  def encode(params, p: Pass, patches):
+    idx = jnp.broadcast_to(jnp.arange(p.tokens) % n, patches.shape[:2])
+    return encoder.apply({"params": params}, patches, idx)
+
+  def loss_fn(params, frozen, inputs):
+    context = encode(params["encoder"], passes["context"], inputs["context"])
+    out = head.apply({"params": params["head"]}, inputs["head"])
+    # Mean cubes: a mean square after the encoder's final LayerNorm would be constant.
+    loss = jnp.mean(context.astype(jnp.float32) ** 3) + jnp.mean(out.astype(jnp.float32) ** 3)
+    if "target" in passes:
+      target = jax.lax.stop_gradient(encode(frozen, passes["target"], inputs["target"]))
+      loss = loss + jnp.mean(target.astype(jnp.float32))
+    return loss
+
+  def sgd_step(params, frozen, inputs):
+    loss, grads = jax.value_and_grad(loss_fn)(params, frozen, inputs)
+    return jax.tree.map(lambda w, g: w - 1e-4 * g, params, grads), loss
+
+  rng = np.random.default_rng(0)
+  shapes = {key: (batch * p.sequences, p.tokens, pf * pt) for key, p in passes.items()
+            if key != name}
+  shapes["head"] = (batch * head_pass.sequences, head_pass.tokens, config.model.width)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    bs, rep = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
+    inputs = {key: jax.device_put(rng.normal(size=s).astype(np.float32), bs)
+              for key, s in shapes.items()}
+    init_rng = jax.random.key(0)
+    params = jax.jit(lambda r: nn.unbox({
+        "encoder": models.init_encoder(encoder, r),
+        "head": head.init(r, inputs["head"][:1])["params"]}), out_shardings=rep)(init_rng)
+    frozen = jax.tree.map(jnp.copy, params["encoder"])
+    t = time.perf_counter()
+    step = jax.jit(sgd_step, donate_argnums=(0,)).lower(params, frozen, inputs).compile()
+    compile_s = time.perf_counter() - t
+  return PlainStep(step, params, frozen, inputs, compile_s)
