@@ -23,7 +23,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import json  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,8 +31,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from jepa_jax import config_lib, models, objectives, optim, train  # noqa: E402
-from jepa_jax import mesh as mesh_lib  # noqa: E402
+from benchmarks import step_setup  # noqa: E402
+from jepa_jax import config_lib  # noqa: E402
 
 flags.DEFINE_string("config", "configs/dasheng.py:1.2b", "config (file:variant) to compile")
 flags.DEFINE_integer("per_device_batch", 8, "examples per device; global batch x 8 devices")
@@ -57,34 +56,20 @@ def state_bytes(abstract_state: dict) -> dict:
   return out
 
 
-def compile_sharded(config) -> tuple[train.CompiledStep, float]:
-  """The config's train step compiled for its mesh and batch; (step, seconds)."""
-  objective = objectives.build(config)
-  # Schedule lengths change values, not shapes or memory: any positive counts compile.
-  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"),
-                                       config.train.batch_size, 1000, 10,
-                                       objective.ema_subtree)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  t = time.perf_counter()
-  compiled = train.compile_step(config, objective, tx, schedules, mesh,
-                                models.input_shape(config)[0], monitors=False)
-  return compiled, time.perf_counter() - t
-
-
 def main(_):
   config = config_lib.load(FLAGS.config)
   config.mesh.update(data=1, fsdp=DEVICES, model=1)
   config.train.batch_size = FLAGS.per_device_batch * DEVICES
   config_lib.validate(config)
-  compiled, compile_s = compile_sharded(config)
+  _, compiled, compile_s = step_setup.compiled_step(config)
   live = sum(x.nbytes for x in jax.live_arrays())
   assert live < 1024, f"compiling allocated {live} bytes of arrays"
   memory = compiled.step.memory_analysis()
   xla = {name: int(getattr(memory, f"{name}_size_in_bytes"))
          for name in ("argument", "output", "alias", "temp", "generated_code")}
-  xla["peak_estimate"] = xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
+  xla["peak_estimate"] = step_setup.peak_bytes(compiled.step)
   parts = state_bytes(compiled.abstract_state)
-  params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(compiled.abstract_state["params"])))
+  params = step_setup.count(compiled.abstract_state["params"])
   max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
   model = config.model
   print(f"{FLAGS.config}: encoder {model.depth} x {model.width}, "

@@ -16,7 +16,6 @@ Prints a table and writes JSON.
 import collections
 import json
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from jax.profiler import ProfileData  # noqa: E402
 
-from benchmarks.step_setup import benchmark_step  # noqa: E402
+from benchmarks.step_setup import benchmark_step, median_seconds  # noqa: E402
 from jepa_jax import config_lib, masks  # noqa: E402
 
 flags.DEFINE_integer("steps", 3, "profiled steps per case (after 2 warm-up steps)")
@@ -58,13 +57,7 @@ def sampler_ms(strategy: str, grid) -> float:
   cfg = masks.default_config(strategy)
   fn = jax.jit(lambda k: masks.sample(k, SAMPLER_BATCH, grid, cfg, 500, 1000))
   key = jax.random.key(0)
-  jax.block_until_ready(fn(key))
-  times = []
-  for _ in range(20):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(key))
-    times.append(time.perf_counter() - t)
-  return 1e3 * statistics.median(times)
+  return 1e3 * median_seconds(lambda: jax.block_until_ready(fn(key)), steps=20, warmup=1)
 
 
 def load_config(spec: str, strategy: str, batch: int):

@@ -41,18 +41,34 @@ class BenchmarkStep:
   compile_s: float  # the train step's compile time
 
 
-def benchmark_step(config, total_steps: int = 1) -> BenchmarkStep:
-  """The step for `config.train.batch_size` clips; the schedules (lr, EMA, curriculum)
-  span `total_steps` for the objective and 1000 steps (10 warm-up) for the optimizer."""
-  batch = config.train.batch_size
+def compiled_step(config, total_steps: int = 1) -> tuple[object, train.CompiledStep, float]:
+  """(objective, compiled step, compile seconds) for `config.train.batch_size` clips on the
+  config's mesh, from abstract shapes (nothing allocated); the schedules (lr, EMA,
+  curriculum) span `total_steps` for the objective and 1000 steps (10 warm-up) for the
+  optimizer: lengths change values, not shapes or memory."""
   objective = objectives.build(config, total_steps)
-  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"), batch, 1000, 10,
+  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"),
+                                       config.train.batch_size, 1000, 10,
                                        objective.ema_subtree)
-  mels, frames = models.input_shape(config)
   t = time.perf_counter()
   compiled = train.compile_step(config, objective, tx, schedules,
-                                mesh_lib.make_mesh(config.mesh), mels, monitors=False)
-  compile_s = time.perf_counter() - t
+                                mesh_lib.make_mesh(config.mesh), models.input_shape(config)[0],
+                                monitors=False)
+  return objective, compiled, time.perf_counter() - t
+
+
+def peak_bytes(compiled_fn) -> int:
+  """Peak memory of a compiled function by XLA's buffer assignment (per device)."""
+  m = compiled_fn.memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+             + m.temp_size_in_bytes)
+
+
+def benchmark_step(config, total_steps: int = 1) -> BenchmarkStep:
+  """compiled_step with its initial state and a random batch of the config's shape."""
+  batch = config.train.batch_size
+  mels, frames = models.input_shape(config)
+  objective, compiled, compile_s = compiled_step(config, total_steps)
   bs = compiled.batch_sharding
   data = {"mel": jax.device_put(np.random.default_rng(0).normal(
       size=(batch, mels, frames)).astype(np.float32), bs),

@@ -87,13 +87,6 @@ def matmul_ceiling(m: int, k: int, n: int, dtype) -> float:
   return 2 * m * k * n / min(times)
 
 
-def memory_bytes(compiled) -> int:
-  """Peak of the compiled step by XLA's buffer assignment."""
-  m = compiled.memory_analysis()
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-             + m.temp_size_in_bytes)
-
-
 def time_jax_step(config: ml_collections.ConfigDict, batch: int) -> dict:
   setup = step_setup.benchmark_step(config)
   compiled, state, data = setup.compiled.step, setup.state, setup.batch
@@ -116,7 +109,8 @@ def time_jax_step(config: ml_collections.ConfigDict, batch: int) -> dict:
          "analytic_flops": sum(flops), "xla_flops": xla_flops,
          "achieved_flops_per_s": sum(flops) / step_s,
          "pass_flops": {p.name: f for p, f in zip(passes, flops)},
-         "dominant_gemm": {"pass": top.name, "m_k_n": gemm}, "peak_bytes": memory_bytes(compiled),
+         "dominant_gemm": {"pass": top.name, "m_k_n": gemm},
+         "peak_bytes": step_setup.peak_bytes(compiled),
          "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
   if jax.default_backend() == "gpu":
     row["device_peak_bytes_so_far"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"]

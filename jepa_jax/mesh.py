@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jepa_jax import config_lib
+from jepa_jax import config_lib, distributed
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -123,7 +123,7 @@ def check_replicated(check: ml_collections.ConfigDict, abstract_state, shardings
         f"{check.replicated_mib} MiB are replicated on every device of mesh "
         f"{_mesh_text(mesh)}: {named}{more}; for each, {fix}, or set "
         f"sharding_check.fail=False")
-  if jax.process_index() != 0:
+  if not distributed.is_primary():
     return
   for x in leaves:
     print(f"warning: {x.path} {x.shape} ({x.mib:.1f} MiB) is replicated on every device of "

@@ -6,12 +6,12 @@ import sys
 import time
 from pathlib import Path
 
-import jax
+from jepa_jax import distributed
 
 
 class MetricWriter:
   def __init__(self, workdir: Path, resume_step: int):
-    self.enabled = jax.process_index() == 0
+    self.enabled = distributed.is_primary()
     self.path = Path(workdir) / "metrics.jsonl"
     self.tb = None
     if not self.enabled:
@@ -56,7 +56,7 @@ class Progress:
     now = time.perf_counter()
     rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
     self.last_step, self.last_time = step, now
-    if jax.process_index() == 0:
+    if distributed.is_primary():
       shown = " ".join(f"{k} {float(metrics[k]):.4g}" for k in ("loss", "lr", "tau")
                        if k in metrics)
       eta = (self.total - step) / rate if rate > 0 else float("inf")
