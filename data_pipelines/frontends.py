@@ -39,6 +39,7 @@ class FrontEnd(abc.ABC):
   """What every recipe has. Subclasses define the spectrum, the filterbank and the log."""
 
   kind: ClassVar[str] = ""
+  ln_power_per_unit: ClassVar[float]  # ln(power) per feature unit: 1 for ln, ln(10)/10 dB
   name: str
   sample_rate: int
   n_fft: int
@@ -219,6 +220,7 @@ class LnMel(CentredStftMel):
   """feature = ln(mel_power + log_eps) (M2D's `(lms + eps).log()`)."""
 
   kind: ClassVar[str] = "ln_mel"
+  ln_power_per_unit: ClassVar[float] = 1.0
   log_eps: float
 
   def compress(self, mel_power, xp=np):
@@ -243,6 +245,7 @@ class DbMel(CentredStftMel):
   """
 
   kind: ClassVar[str] = "db_mel"
+  ln_power_per_unit: ClassVar[float] = math.log(10.0) / 10.0
   amin: float
   top_db: float
 
@@ -288,6 +291,7 @@ class KaldiFbank(FrontEnd):
   """
 
   kind: ClassVar[str] = "kaldi_fbank"
+  ln_power_per_unit: ClassVar[float] = 1.0
   preemphasis: float
   log_floor: float  # Kaldi's epsilon: float32 machine epsilon
 

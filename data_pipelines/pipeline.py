@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from data_pipelines.frontends import FrontEnd, get_frontend
-from data_pipelines.shards import ShardSource
+from data_pipelines.shards import ShardSource, Subset
 
 NORMALIZATIONS = ("dataset", "recipe")
 _READ_AHEAD_BYTES = 1 << 30  # batches prepared ahead of use, per process
@@ -94,12 +94,14 @@ def _check_train_arguments(*, frames: int, global_batch_size: int, process_index
 def train_dataset(shard_dir: str | Path, *, frames: int, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
                   normalization: str = "dataset", gain_jitter_db: float = 0.0,
-                  worker_count: int = 0, expected_frontend: str | None = None
-                  ) -> grain.IterDataset:
+                  worker_count: int = 0, expected_frontend: str | None = None,
+                  indices: np.ndarray | None = None) -> grain.IterDataset:
   """Endless {"mel": float32 (B_local, n_mels, frames), "id": int32 (B_local,)} batches.
 
   B_local = global_batch_size // process_count. Epochs are reshuffled; crop offsets and
-  gains (uniform in +-gain_jitter_db dB) are redrawn for every position.
+  gains (uniform in +-gain_jitter_db dB) are redrawn for every position. `indices`: train
+  on those records only (e.g. ShardSource.indices_without held-out classes); ids stay the
+  records' own.
   """
   _check_train_arguments(frames=frames, global_batch_size=global_batch_size,
                          process_index=process_index, process_count=process_count,
@@ -109,6 +111,10 @@ def train_dataset(shard_dir: str | Path, *, frames: int, global_batch_size: int,
   if expected_frontend is not None:
     check_frontend(metadata, shard_dir, expected_frontend)
   mean, std = normalization_stats(metadata, normalization)
+  if indices is not None:
+    if len(indices) == 0:
+      raise ValueError(f"no records of {shard_dir} are left to train on.")
+    source = Subset(source, indices)
   return _train_batches(
       source, FrontEnd.from_dict(metadata["frontend"]), mean, std, frames=frames,
       global_batch_size=global_batch_size, seed=seed, process_index=process_index,

@@ -231,3 +231,33 @@ class ShardSource:
 
   def __repr__(self) -> str:
     return f"ShardSource({str(self.shard_dir)!r})"
+
+  def indices_without(self, excluded: dict[str, set[int]]) -> np.ndarray:
+    """Indices of the records whose label of no task in `excluded` is one of its classes
+    (reads every record once)."""
+    keep = []
+    for index in range(len(self)):
+      labels = self[index]["labels"]
+      missing = sorted(set(excluded) - set(labels))
+      if missing:
+        raise ValueError(f"{self.shard_dir} record {index} has no label for "
+                         f"{', '.join(missing)}: only labelled shards can hold classes out.")
+      if not any(labels[task] in classes for task, classes in excluded.items()):
+        keep.append(index)
+    return np.asarray(keep, np.int64)
+
+
+class Subset:
+  """The records of a data source at `indices`, renumbered 0..len - 1."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return self.source[int(self.indices[index])]
+
+  def __repr__(self) -> str:
+    return f"Subset({self.source!r}, {len(self.indices)} records)"

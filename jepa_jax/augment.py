@@ -1,7 +1,10 @@
 """Augmentations of normalised log-mel batches on the device, vectorised over the batch:
 the chain that makes the positive view e+ of uaMix-MAE (the paper does not list its own).
 
-In order: a circular time shift (keeps every frame and the static shape), a gain offset
+In order: another clip of the batch mixed in as background (BYOL-A's log-mixup-exp,
+Niizumi et al. 2021: the sum of the two sounds' powers, the other at a share lambda ~
+U(0, background)), so the background and any second event are no cue to a clip's
+identity; a circular time shift (keeps every frame and the static shape), a gain offset
 (a constant in the log domain), Gaussian noise, then SpecAugment frequency and time masks
 (Park et al. 2019) filled with 0, the normalised mean. Amounts are in normalised log-mel
 units (0.15 is about 6 dB for the AudioMAE recipe, whose ln-power scale is 2 x 4.57) and
@@ -11,16 +14,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-FIELDS = ("time_shift", "gain", "noise", "freq_masks", "freq_mask", "time_masks", "time_mask")
+FIELDS = ("background", "time_shift", "gain", "noise", "freq_masks", "freq_mask", "time_masks",
+          "time_mask")
 
 
 def default_config(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**dict(
+      background=0.4,    # share of the other clip's power, up to (BYOL-A's 0.4)
       time_shift=0.25,   # roll by up to +-25 % of the frames
-      gain=0.15,         # offset ~ U(-gain, gain)
+      # offset ~ U(-gain, gain): +-20 dB for the AudioMAE recipe, as wide as the spread of
+      # levels in a corpus, so loudness is no cue to a clip's identity (configs/uamix.py)
+      gain=0.5,
       noise=0.05,        # additive N(0, noise^2)
-      freq_masks=2,      # SpecAugment frequency bands ...
-      freq_mask=0.15,    # ... each up to 15 % of the mel bins wide
+      # SpecAugment frequency bands: none by default, as they hide the harmonics that
+      # carry pitch, and a contrastive task then learns to do without them (uaMix demo,
+      # configs/uamix.py: held-out pitch few-shot gain +0.014 with two, +0.055 with none)
+      freq_masks=0,
+      freq_mask=0.15,    # ... each up to 15 % of the mel bins wide, when there are some
       time_masks=2,      # time bands ...
       time_mask=0.1),    # ... each up to 10 % of the frames wide
       **overrides})
@@ -31,6 +41,9 @@ def config_errors(a: ml_collections.ConfigDict, section: str) -> list[str]:
   errors += [f"{section}: unknown field {n!r}; known: {FIELDS}" for n in a if n not in FIELDS]
   if errors:
     return errors
+  if not 0 <= a.background < 1:
+    errors.append(f"{section}.background is the largest share of another clip's power, in "
+                  f"[0, 1), got {a.background}")
   for name in ("time_shift", "freq_mask", "time_mask"):
     if not 0 <= a[name] <= 1:
       errors.append(f"{section}.{name} is a fraction of the clip in [0, 1], got {a[name]}")
@@ -41,6 +54,17 @@ def config_errors(a: ml_collections.ConfigDict, section: str) -> list[str]:
     if not (isinstance(a[name], int) and a[name] >= 0):
       errors.append(f"{section}.{name} must be an integer >= 0, got {a[name]!r}")
   return errors
+
+
+def ln_power_scale(frontend: str, normalization: str) -> float:
+  """ln(power) per unit of the model input: the front end's log unit times the recipe's
+  normalisation divisor. Only the recipe's constants are known before the data is read."""
+  from data_pipelines import frontends
+  if normalization != "recipe":
+    raise ValueError(f"the background mix needs data.normalization 'recipe' (its scale is "
+                     f"known up front), got {normalization!r}; or set background to 0")
+  f = frontends.get_frontend(frontend)
+  return f.ln_power_per_unit * f.norm_std
 
 
 def time_shift(rng: jax.Array, mel: jnp.ndarray, max_fraction: float) -> jnp.ndarray:
@@ -69,11 +93,35 @@ def band_mask(rng: jax.Array, batch: int, size: int, count: int, max_fraction: f
   return inside.any(axis=1)
 
 
-def apply(rng: jax.Array, mel: jnp.ndarray, a: ml_collections.ConfigDict) -> jnp.ndarray:
-  """The augmentation chain on a (B, F, T) batch; independent draws per clip."""
-  k_shift, k_gain, k_noise, k_freq, k_time = jax.random.split(rng, 5)
+def background_mix(rng: jax.Array, mel: jnp.ndarray, max_share: float, ln_scale: float
+                   ) -> jnp.ndarray:
+  """Clip i plus the sound of clip (i + r) mod B (r ~ U{1..B-1}, one draw per batch, so
+  never itself) at power share lambda_i ~ U(0, max_share):
+  log((1 - lambda) e^(s x) + lambda e^(s y)) / s, s = ln_scale, the ln-power of one
+  normalised unit (the normalisation's offset cancels)."""
+  b = mel.shape[0]
+  if max_share == 0 or b < 2:
+    return mel
+  k_roll, k_share = jax.random.split(rng)
+  other = jnp.roll(mel, jax.random.randint(k_roll, (), 1, b), axis=0)
+  share = jax.random.uniform(k_share, (b, 1, 1), jnp.float32, 0.0, max_share)
+  mixed = jnp.logaddexp(jnp.log1p(-share) + ln_scale * mel.astype(jnp.float32),
+                        jnp.log(share) + ln_scale * other.astype(jnp.float32)) / ln_scale
+  return mixed.astype(mel.dtype)
+
+
+def apply(rng: jax.Array, mel: jnp.ndarray, a: ml_collections.ConfigDict,
+          ln_scale: float | None = None) -> jnp.ndarray:
+  """The augmentation chain on a (B, F, T) batch; independent draws per clip. `ln_scale`:
+  the ln-power of one normalised unit (ln_power_scale), needed by the background mix."""
+  k_mix, k_shift, k_gain, k_noise, k_freq, k_time = jax.random.split(rng, 6)
   b, f, t = mel.shape
-  x = time_shift(k_shift, mel, a.time_shift)
+  x = mel
+  if a.background > 0:
+    if ln_scale is None:
+      raise ValueError("augment.background mixes powers: pass ln_scale (ln_power_scale)")
+    x = background_mix(k_mix, x, a.background, ln_scale)
+  x = time_shift(k_shift, x, a.time_shift)
   if a.gain > 0:
     x = x + jax.random.uniform(k_gain, (b, 1, 1), x.dtype, -a.gain, a.gain)
   if a.noise > 0:

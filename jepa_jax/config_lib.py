@@ -34,6 +34,21 @@ def parse_variant(arg: str | None, names: set[str], values: dict[str, type]) -> 
   return out
 
 
+def parse_classes(spec: str) -> dict[str, tuple[str, ...]]:
+  """'task:name,name;task2:name' -> {task: (class names)}; '' -> {}."""
+  out = {}
+  for part in filter(None, (p.strip() for p in spec.split(";"))):
+    task, sep, names = (s.strip() for s in part.partition(":"))
+    classes = tuple(n.strip() for n in names.split(",") if n.strip())
+    if not sep or not task or not classes:
+      raise ConfigError(f"classes are written 'task:name,name;task:name', got {part!r} in "
+                        f"{spec!r}")
+    if task in out:
+      raise ConfigError(f"task {task!r} appears twice in {spec!r}")
+    out[task] = classes
+  return out
+
+
 def recipe_module(path: str | Path):
   """A recipe file (configs/*.py) as a module, for its get_config(variant)."""
   if not Path(path).is_file():
@@ -103,7 +118,10 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
       dir="",                  # prepared mel shards; "" = the embedded synthetic corpus
       frontend=frontend, frames=frames,
       normalization="dataset",  # mean/std measured on the shards; 'recipe': its constants
-      gain_jitter_db=0.0, worker_count=0))
+      gain_jitter_db=0.0, worker_count=0,
+      # Classes held out of training, 'task:name,name;task:name' (the records' label maps):
+      # clips whose label is one of them are never read, e.g. to test on unseen classes.
+      exclude_classes=""))
   c.data.synthetic = ml_collections.ConfigDict(dict(num_pretrain=3000, num_probe=1200, seed=0))
   c.model = ml_collections.ConfigDict(dict(
       patch_shape=(16, 16), positions="sincos", dtype="float32", attention_impl="",
@@ -250,6 +268,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(e, d.gain_jitter_db >= 0, f"data.gain_jitter_db must be >= 0, got {d.gain_jitter_db}")
   _check(e, d.worker_count >= 0, f"data.worker_count must be >= 0, got {d.worker_count}")
   _positive(e, config, "data.synthetic", "num_pretrain", "num_probe")
+  try:
+    parse_classes(d.get("exclude_classes", ""))
+  except ConfigError as err:
+    e.append(f"data.exclude_classes: {err}")
 
   for section in ("model", "predictor", "decoder"):
     if section not in config:
@@ -357,12 +379,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return out
 
 
+# Fields added after runs were saved without them, with the value that does what those
+# runs did: a workdir lacking the field resumes as if it held that value.
+ADDED_FIELDS = {"data.exclude_classes": "", "uamix.augment.background": 0.0}
+
+
 def resume_differences(saved: dict, current: dict) -> list[str]:
   """Fields (outside RESUME_FREE) whose values differ between two config dicts."""
   def relevant(tree):
     return {k: v for k, v in _flatten(tree).items()
             if not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)}
   a, b = relevant(saved), relevant(current)
+  a.update({k: v for k, v in ADDED_FIELDS.items() if k not in a and k in b})
   return [f"{k}: {a.get(k, '<absent>')!r} in the workdir, {b.get(k, '<absent>')!r} now"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 
 from data_pipelines import default_corpus, frontends, pipeline, shards
+from jepa_jax import config_lib
 
 
 class DataError(RuntimeError):
@@ -17,9 +19,12 @@ class TrainingData:
   shard_dir: Path
   metadata: dict
   probe_tasks: dict[str, Path]  # label task name -> task folder (empty for prepared data)
+  indices: np.ndarray | None = None  # the records trained on; None: all
 
   @property
   def num_examples(self) -> int:
+    if self.indices is not None:
+      return len(self.indices)
     return int(self.metadata["num_examples"])
 
 
@@ -44,7 +49,29 @@ def _resolve(config: ml_collections.ConfigDict) -> TrainingData:
     shard_dir, tasks = corpus.pretrain, corpus.tasks
     metadata = shards.read_metadata(shard_dir)
   pipeline.check_frontend(metadata, shard_dir, config.data.frontend)
-  return TrainingData(shard_dir, metadata, tasks)
+  excluded = class_indices(config_lib.parse_classes(config.data.get("exclude_classes", "")),
+                           metadata.get("label_maps", {}), f"{shard_dir}")
+  indices = shards.ShardSource(shard_dir).indices_without(excluded) if excluded else None
+  if indices is not None and len(indices) == 0:
+    raise ValueError(f"data.exclude_classes leaves none of the {metadata['num_examples']} "
+                     f"records of {shard_dir}")
+  return TrainingData(shard_dir, metadata, tasks, indices)
+
+
+def class_indices(classes: dict[str, tuple[str, ...]], label_maps: dict[str, list[str]],
+                  where: str) -> dict[str, set[int]]:
+  """{task: class names} -> {task: indices in label_maps[task]}; unknown names are errors."""
+  out = {}
+  for task, names in classes.items():
+    if task not in label_maps:
+      raise ValueError(f"{where} has no label task {task!r}; its tasks: "
+                       f"{', '.join(label_maps) or 'none'}")
+    unknown = [n for n in names if n not in label_maps[task]]
+    if unknown:
+      raise ValueError(f"{where}: {task} has no class {', '.join(map(repr, unknown))}; its "
+                       f"classes: {', '.join(label_maps[task])}")
+    out[task] = {label_maps[task].index(n) for n in names}
+  return out
 
 
 def frontend_metadata(config: ml_collections.ConfigDict, data: TrainingData) -> dict:
@@ -65,4 +92,4 @@ def train_dataset(config: ml_collections.ConfigDict, data: TrainingData):
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), normalization=config.data.normalization,
       gain_jitter_db=config.data.gain_jitter_db, worker_count=config.data.worker_count,
-      expected_frontend=config.data.frontend)
+      expected_frontend=config.data.frontend, indices=data.indices)

@@ -49,15 +49,33 @@ def export_dir(workdir: str | Path) -> Path:
   return Path(workdir).absolute() / "export"
 
 
+BUILT_IN = ("trained", "random_init", MEAN_LOGMEL)
+
+
 def load_feature_sets(workdir: str | Path, names: tuple[str, ...] = ("trained",)):
   """(config, frontend metadata, [FeatureSet]) for the names asked: 'trained' (the
-  export), 'random_init' (the encoder as its training started), 'mean_logmel'."""
+  export), 'random_init' (the encoder as its training started), 'mean_logmel', or the
+  path of another training workdir, whose exported encoder is named by the folder's name
+  (e.g. the run a fine-tuned or tuned encoder started from, to compare on the same clips).
+  """
   from jepa_jax import export, train  # train builds the initial encoder
-  unknown = sorted(set(names) - {"trained", "random_init", MEAN_LOGMEL})
+  unknown = sorted(n for n in names if n not in BUILT_IN and "/" not in n)
   if unknown:
-    raise ValueError(f"unknown feature set(s) {', '.join(unknown)}; known: trained, "
-                     f"random_init, {MEAN_LOGMEL}")
+    raise ValueError(f"unknown feature set(s) {', '.join(unknown)}; known: "
+                     f"{', '.join(BUILT_IN)}, or another workdir's path (with a '/')")
   config, encoder, params, frontend_meta = export.load_encoder(export_dir(workdir))
+
+  def other_run(path: str) -> FeatureSet:
+    name = Path(path).absolute().name
+    if name in BUILT_IN:
+      raise ValueError(f"the workdir {path} is named like the feature set {name!r}; "
+                       f"rename or link it under another name")
+    _, other, other_params, other_meta = export.load_encoder(export_dir(path))
+    if other_meta != frontend_meta:
+      raise ValueError(f"{path}'s encoder takes other inputs than {workdir}'s (front end, "
+                       f"normalisation or frames differ), so they cannot share features")
+    return FeatureSet(name, other, other_params, _files_digest(export_dir(path) / "encoder"))
+
   made = {
       "trained": lambda: FeatureSet("trained", encoder, params,
                                     _files_digest(export_dir(workdir) / "encoder")),
@@ -67,7 +85,11 @@ def load_feature_sets(workdir: str | Path, names: tuple[str, ...] = ("trained",)
       MEAN_LOGMEL: lambda: FeatureSet(MEAN_LOGMEL, None, None,
                                         task_data.fingerprint(MEAN_LOGMEL)),
   }
-  return config, frontend_meta, [made[n]() for n in names]
+  sets = [made[n]() if n in made else other_run(n) for n in names]
+  taken = [fs.name for fs in sets]
+  if len(set(taken)) < len(taken):
+    raise ValueError(f"two feature sets share a name: {', '.join(taken)}")
+  return config, frontend_meta, sets
 
 
 def cache_path(workdir: str | Path, task: task_data.LabelledTask, feature_set: FeatureSet,

@@ -10,12 +10,16 @@ P is one of (SPEC section 8):
             Adam lr grid {3.2e-3, 1e-3, 3.2e-4, 1e-4}; depth and lr chosen on validation;
   knn       L2-normalised cosine k-NN, k = 10, softmax-weighted vote at temperature 0.07;
   fewshot   5-way 1-shot and 5-shot episodes (15 queries), nearest centroid, 600 episodes,
-            mean and 95 % confidence interval;
+            mean and 95 % confidence interval; with --fewshot_classes, only among those
+            classes ('held_out': the classes the run's data.exclude_classes kept out of
+            its training); every other feature set is also compared with the trained
+            encoder on the same episodes ('trained - NAME': the paired difference);
   finetune  full fine-tuning (jepa_jax.finetune; settings: the config's `finetune`
             section stored in the export, with --finetune=name=value,... on top);
   all       the four frozen protocols, plus a bar chart.
 Each runs on the trained encoder and on the baselines asked for (the encoder at its
-random initialisation by default; `mean_logmel`: the clip's log-mel averaged over time).
+random initialisation by default; `mean_logmel`: the clip's log-mel averaged over time;
+a path with a '/': another run's exported encoder, e.g. the one this run started from).
 Tasks: task folders (audio + meta.csv) or labelled mel shards (task_data); folds give
 leave-one-fold-out runs averaged per seed. Multi-label tasks report mAP and d-prime.
 
@@ -78,15 +82,57 @@ def knn_protocol(x, task, cfg) -> dict:
           "temperature": knn.TEMPERATURE}
 
 
-def fewshot_protocol(x, task, cfg) -> dict:
+def fewshot_protocol(x, task, classes: tuple[str, ...] | None = None,
+                     baseline: np.ndarray | None = None) -> dict:
+  """Few-shot accuracies of x, among `classes` (names; default all); with `baseline`
+  (features of the same clips), the paired difference x - baseline instead."""
   if task.multilabel:
     raise ValueError(f"task {task.name} is multi-label; few-shot episodes need one class "
                      f"per clip")
-  return {"scores": {f"accuracy_{k}shot": fewshot.fewshot(x, task.targets(), shots=k)
-                     for k in fewshot.SHOTS}}
+  kept = None if classes is None else np.asarray(
+      [task.label_names.index(c) for c in classes])
+  if baseline is None:
+    scores = {f"accuracy_{k}shot": fewshot.fewshot(x, task.targets(), shots=k, classes=kept)
+              for k in fewshot.SHOTS}
+  else:
+    scores = {f"accuracy_{k}shot": fewshot.paired_difference(x, baseline, task.targets(),
+                                                             shots=k, classes=kept)
+              for k in fewshot.SHOTS}
+  return {"scores": scores, **({} if classes is None else {"classes": list(classes)})}
 
 
-RUNNERS = {"linear": linear, "mlp": mlp, "knn": knn_protocol, "fewshot": fewshot_protocol}
+def difference_name(feature_set: str) -> str:
+  """The result entry of the paired comparison of the trained encoder with a feature set."""
+  return f"trained - {feature_set}"
+
+
+def fewshot_classes(spec: str, config, tasks: list) -> dict[str, tuple[str, ...]]:
+  """--fewshot_classes -> {task name: class names}: '' (all classes of every task: {}),
+  'held_out' (the run's data.exclude_classes) or 'task:name,name;task:name'."""
+  from jepa_jax import config_lib
+  if spec == "held_out":
+    spec = config.data.get("exclude_classes", "")
+    if not spec:
+      raise ValueError("--fewshot_classes=held_out: the run held no classes out of its "
+                       "training data (its data.exclude_classes is empty)")
+  try:
+    chosen = config_lib.parse_classes(spec)
+  except config_lib.ConfigError as err:
+    raise ValueError(f"--fewshot_classes: {err}") from None
+  by_name = {t.name: t for t in tasks}
+  for name, classes in chosen.items():
+    if name not in by_name:
+      raise ValueError(f"--fewshot_classes names the task {name!r}, which is not evaluated "
+                       f"(tasks: {', '.join(by_name)})")
+    unknown = [c for c in classes if c not in by_name[name].label_names]
+    if unknown:
+      raise ValueError(f"--fewshot_classes: task {name} has no class "
+                       f"{', '.join(map(repr, unknown))}; its classes: "
+                       f"{', '.join(by_name[name].label_names)}")
+  return chosen
+
+
+RUNNERS = {"linear": linear, "mlp": mlp, "knn": knn_protocol}  # fewshot: _fewshot_sets
 
 
 def _cell(result: dict, metric: str) -> str:
@@ -129,7 +175,7 @@ def bar_chart(results: dict, path: Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   groups = [r for r in rows(results) if r[2] != "d_prime"]
-  sets = _columns(groups)
+  sets = [fs for fs in _columns(groups) if not fs.startswith(difference_name(""))]
   width = 0.8 / len(sets)
   fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups)), 4))
   for j, fs in enumerate(sets):
@@ -197,10 +243,10 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -
 def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
              feature_sets: tuple[str, ...] = ("trained", "random_init"),
              freq_pool: str = "concat", unit_sec: float | None = None, chart: bool = False,
-             finetune_settings: dict | None = None) -> dict:
+             finetune_settings: dict | None = None, fewshot_classes_spec: str = "") -> dict:
   """Run `protocols` on every task for every feature set; write and return the results
   (task -> protocol -> feature set -> {'scores': ...}). `finetune_settings` override the
-  export's config.finetune fields."""
+  export's config.finetune fields; `fewshot_classes_spec` as --fewshot_classes."""
   unknown = sorted(set(protocols) - set(PROTOCOLS))
   if unknown:
     raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; known: "
@@ -208,14 +254,22 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
   config, frontend_meta, sets = embed.load_feature_sets(workdir, feature_sets)
   results = {}
   frozen = [p for p in protocols if p in FROZEN]
+  if "fewshot" in frozen:  # bad class names fail here, before any audio is encoded
+    chosen = fewshot_classes(fewshot_classes_spec, config,
+                             [task_data.read(s, unit_sec) for s in sources])
   if frozen:
     for task, x in embed.embed_tasks(workdir, sources, sets, frontend_meta,
                                      freq_pool=freq_pool, unit_sec=unit_sec,
                                      chunk_batch=config.probe.chunk_batch):
-      if "fewshot" in frozen and task.multilabel:
-        print(f"fewshot: skipping multi-label task {task.name}", file=sys.stderr)
       for protocol in frozen:
-        if protocol == "fewshot" and task.multilabel:
+        if protocol == "fewshot":
+          if task.multilabel or (chosen and task.name not in chosen):
+            print(f"fewshot: skipping {'multi-label ' * task.multilabel}task {task.name}"
+                  + ("" if task.multilabel else " (not in --fewshot_classes)"),
+                  file=sys.stderr)
+            continue
+          results.setdefault(task.name, {})[protocol] = _fewshot_sets(
+              x, task, chosen.get(task.name))
           continue
         results.setdefault(task.name, {})[protocol] = {
             name: RUNNERS[protocol](features, task, config.probe)
@@ -226,6 +280,17 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
       results.setdefault(task, {}).update(by_protocol)
   write_results(workdir, results, chart)
   return results
+
+
+def _fewshot_sets(x: dict, task, classes: tuple[str, ...] | None) -> dict:
+  """Few-shot results of every feature set, and each one's paired difference from the
+  trained encoder on the same episodes."""
+  out = {name: fewshot_protocol(features, task, classes) for name, features in x.items()}
+  for name, features in x.items():
+    if name != "trained" and "trained" in x:
+      out[difference_name(name)] = fewshot_protocol(x["trained"], task, classes,
+                                                    baseline=features)
+  return out
 
 
 def probe_summary(results: dict) -> dict:
@@ -272,7 +337,12 @@ def _parser():
   p.add_argument("--protocol", choices=PROTOCOLS + ("all",), default="linear")
   p.add_argument("--baselines", type=names, default=["random_init"],
                  help=f"feature sets besides the trained encoder: random_init, "
-                      f"{embed.MEAN_LOGMEL} (empty: none)")
+                      f"{embed.MEAN_LOGMEL}, or another run's workdir (a path with a '/') "
+                      f"(empty: none)")
+  p.add_argument("--fewshot_classes", default="",
+                 help="few-shot episodes only among these classes: 'held_out' (those the "
+                      "run's data.exclude_classes kept out of training) or "
+                      "'task:name,name;task:name'; tasks not named are skipped")
   p.add_argument("--freq_pool", choices=features.FREQ_POOLS, default="concat",
                  help="concatenate (EVAR) or average the frequency tokens of a time step")
   p.add_argument("--unit_sec", type=float, default=None,
@@ -309,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     sources = args.task or default_tasks(args.workdir)
     results = evaluate(args.workdir, sources, protocols, ("trained", *args.baselines),
                        args.freq_pool, args.unit_sec, chart=args.protocol == "all",
-                       finetune_settings=args.finetune)
+                       finetune_settings=args.finetune,
+                       fewshot_classes_spec=args.fewshot_classes)
   except (FileNotFoundError, ValueError) as err:
     sys.exit(f"error: {err}")
   out = Path(args.workdir).absolute() / RESULTS_DIR

@@ -70,6 +70,16 @@ def test_resume_differences_ignore_logging_but_not_model():
       "predictor.depth: 3 in the workdir, 9 now"]
 
 
+def test_runs_saved_before_a_field_existed_resume_with_its_old_behaviour():
+  saved = config_lib.to_dict(audio_jepa.get_config("demo"))
+  del saved["data"]["exclude_classes"]  # as written before the field was added
+  current = audio_jepa.get_config("demo")
+  assert config_lib.resume_differences(saved, config_lib.to_dict(current)) == []
+  current.data.exclude_classes = "pitch:110-156Hz"
+  assert config_lib.resume_differences(saved, config_lib.to_dict(current)) == [
+      "data.exclude_classes: '' in the workdir, 'pitch:110-156Hz' now"]
+
+
 def test_dry_run_counts_vit_b_encoder():
   counts = main.parameter_counts(audio_jepa.get_config())
   assert counts["encoder"] == 85_253_376  # 86 M within 2 %

@@ -287,3 +287,54 @@ def test_audio_pipeline_in_worker_processes(tfds_audio_source):
   kwargs = {"gain_jitter_db": 3.0, "seed": 11}
   _assert_same(_audio_batches(tfds_audio_source, 4, worker_count=1, **kwargs),
                _audio_batches(tfds_audio_source, 4, **kwargs))
+
+
+# Classes held out of training (data.exclude_classes).
+
+def _labelled_shards(path):
+  """12 clips; pitch class i % 4 of (low, mid, high, top), source i % 3 of (a, b, c)."""
+  rng = np.random.default_rng(1)
+  examples = [(100 + i, _mel(rng, 40), {"pitch": i % 4, "source": i % 3}) for i in range(12)]
+  write_shards(path, examples, AUDIO_JEPA, source="test", max_shard_bytes=30_000,
+               label_maps={"pitch": ["low", "mid", "high", "top"], "source": ["a", "b", "c"]})
+  return path
+
+
+def test_held_out_classes_are_never_read(tmp_path):
+  shard_dir = _labelled_shards(tmp_path / "labelled")
+  source = ShardSource(shard_dir)
+  kept = source.indices_without({"pitch": {1, 3}, "source": {0}})
+  # Kept: i % 4 in {0, 2} and i % 3 != 0.
+  assert [source[int(i)]["id"] for i in kept] == [102, 104, 108, 110]
+  ids = np.concatenate([b["id"] for b in _batches(shard_dir, 6, global_batch_size=2,
+                                                  indices=kept)])
+  # Three epochs of the four kept clips, each a permutation of them.
+  for epoch in ids.reshape(3, 4):
+    assert sorted(epoch) == [102, 104, 108, 110]
+  with pytest.raises(ValueError, match="no label for envelope"):
+    source.indices_without({"envelope": {0}})
+
+
+def test_exclude_classes_config_resolves_names_and_counts_the_rest(tmp_path):
+  from tiny import tiny_config
+
+  from jepa_jax import config_lib, datasets
+  assert config_lib.parse_classes("pitch: low, top ;source:c") == {
+      "pitch": ("low", "top"), "source": ("c",)}
+  for bad in ("pitch", "pitch:", ":low", "pitch:low;pitch:top"):
+    with pytest.raises(config_lib.ConfigError):
+      config_lib.parse_classes(bad)
+  config = tiny_config()
+  config.data.dir = str(_labelled_shards(tmp_path / "labelled"))
+  config.data.exclude_classes = "pitch:low,top"
+  data = datasets.resolve(config)
+  assert data.num_examples == 6 and list(data.indices) == [1, 2, 5, 6, 9, 10]
+  for spec, message in (("pitch:bass", "pitch has no class 'bass'; its classes: low, mid"),
+                        ("genre:rock", "has no label task 'genre'; its tasks: pitch, source"),
+                        ("pitch:low,mid,high,top", "leaves none of the 12 records")):
+    config.data.exclude_classes = spec
+    with pytest.raises(datasets.DataError, match=message):
+      datasets.resolve(config)
+  config.data.exclude_classes = "pitch"
+  with pytest.raises(config_lib.ConfigError, match="data.exclude_classes: classes are written"):
+    config_lib.validate(config)

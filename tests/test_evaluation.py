@@ -95,6 +95,25 @@ def test_fewshot_reports_the_95_percent_interval_of_the_episode_mean():
   assert 0.2 < got["mean"] < 1.0 and got["episodes"] == 600
 
 
+def test_fewshot_among_some_classes_and_the_paired_difference_of_two_feature_sets():
+  x, y = _blobs(400, 8, 8, 4, spread=0.6)
+  other = x + np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
+  kept = np.array([0, 2, 3, 5, 7])
+  episodes = fewshot.sample_episodes(y, 5, 1, 15, 200, seed=1, classes=kept)
+  assert set(np.unique(y[episodes])) == set(kept)
+  a = fewshot.fewshot(x, y, shots=1, episodes=200, seed=1, classes=kept)
+  b = fewshot.fewshot(other, y, shots=1, episodes=200, seed=1, classes=kept)
+  diff = fewshot.paired_difference(x, other, y, shots=1, episodes=200, seed=1, classes=kept)
+  per_episode = (fewshot.episode_accuracies(x, episodes, 1)
+                 - fewshot.episode_accuracies(other, episodes, 1))
+  assert diff["mean"] == pytest.approx(a["mean"] - b["mean"]) == pytest.approx(
+      per_episode.mean())
+  assert diff["ci95"] == pytest.approx(1.96 * per_episode.std(ddof=1) / np.sqrt(200))
+  assert diff["mean"] > 0.05 and diff["ci95"] < diff["mean"]  # the noise really hurts
+  with pytest.raises(ValueError, match="the task has 4 among the 4 classes asked for"):
+    fewshot.sample_episodes(y, 5, 1, 15, 10, classes=kept[:4])
+
+
 def test_fewshot_refuses_tasks_without_enough_classes():
   with pytest.raises(ValueError, match="need 5 classes of at least 16 clips"):
     fewshot.sample_episodes(np.repeat(np.arange(4), 30), 5, 1, 15, 10)
@@ -274,16 +293,53 @@ def test_evaluate_all_protocols_writes_results_table_and_chart(random_run, tmp_p
   results = json.loads((out / "results.json").read_text())["tones"]
   assert set(results) == {"linear", "mlp", "knn", "fewshot"}
   for protocol, by_set in results.items():
-    assert set(by_set) == {"trained", "mean_logmel"}
-    for result in by_set.values():
-      for metric, s in result["scores"].items():
+    # Few-shot also compares the two on the same episodes.
+    assert set(by_set) == {"trained", "mean_logmel"} | (
+        {"trained - mean_logmel"} if protocol == "fewshot" else set())
+    for name in ("trained", "mean_logmel"):
+      for metric, s in by_set[name]["scores"].items():
         assert 0.0 <= s["mean"] <= 1.0, (protocol, metric, s)
-  assert set(results["fewshot"]["trained"]["scores"]) == {"accuracy_1shot", "accuracy_5shot"}
+  shot = results["fewshot"]
+  assert set(shot["trained"]["scores"]) == {"accuracy_1shot", "accuracy_5shot"}
+  for metric, s in shot["trained - mean_logmel"]["scores"].items():
+    assert s["mean"] == pytest.approx(shot["trained"]["scores"][metric]["mean"]
+                                      - shot["mean_logmel"]["scores"][metric]["mean"])
   # Five pure tones: the mean log-mel separates them perfectly.
   assert results["knn"]["mean_logmel"]["scores"]["accuracy"]["mean"] > 0.9
   table = (out / "results.md").read_text()
   assert "| tones | fewshot | accuracy_1shot |" in table and "(95 % CI)" in table
   assert (out / "results.png").stat().st_size > 10_000
+
+
+def test_fewshot_on_held_out_classes_against_the_run_it_started_from(random_run, tmp_path):
+  import flax.linen as nn
+  import jax
+  config = export.load_config(random_run / "export")
+  config.data.exclude_classes = "tones:f0,f1,f2,f3,f4"
+  _, _, params, meta = export.load_encoder(random_run / "export")
+  tuned = tmp_path / "tuned"
+  export.export_encoder(tuned / "export", config, jax.tree.map(lambda p: p * 1.5, params), meta)
+  start = tmp_path / "start"
+  start_params = nn.unbox(models.init_encoder(models.build_encoder(config), jax.random.key(9)))
+  export.export_encoder(start / "export", config, start_params, meta)
+  folder = make_tone_task(tmp_path / "tones")
+  got = evaluate.evaluate(tuned, [folder], ("fewshot",), ("trained", str(start)),
+                          fewshot_classes_spec="held_out")["tones"]["fewshot"]
+  assert set(got) == {"trained", "start", "trained - start"}
+  assert all(r["classes"] == ["f0", "f1", "f2", "f3", "f4"] for r in got.values())
+  for metric, s in got["trained - start"]["scores"].items():
+    assert s["mean"] == pytest.approx(got["trained"]["scores"][metric]["mean"]
+                                      - got["start"]["scores"][metric]["mean"])
+    assert s["ci95"] > 0 and s["episodes"] == 600
+  assert "| tones | fewshot | accuracy_1shot |" in (tuned / "eval" / "results.md").read_text()
+  with pytest.raises(ValueError, match="held no classes out"):
+    evaluate.evaluate(random_run, [folder], ("fewshot",), fewshot_classes_spec="held_out")
+  with pytest.raises(ValueError, match="task tones has no class 'f9'"):
+    evaluate.evaluate(tuned, [folder], ("fewshot",), fewshot_classes_spec="tones:f9")
+  with pytest.raises(ValueError, match="other inputs than"):
+    other_meta = {**meta, "frames": meta["frames"] * 2}
+    export.export_encoder(tmp_path / "wide" / "export", config, params, other_meta)
+    embed.load_feature_sets(tuned, ("trained", str(tmp_path / "wide")))
 
 
 def test_multilabel_task_reports_map_and_d_prime(random_run, tmp_path):

@@ -178,8 +178,8 @@ def test_tf_cutmix_mixup_and_no_mixing():
 
 def test_augmentation_chain():
   mel = jnp.asarray(np.random.default_rng(2).normal(size=(64, 20, 50)) + 3.0, jnp.float32)
-  off = augment.default_config(time_shift=0.0, gain=0.0, noise=0.0, freq_masks=0,
-                               time_masks=0)
+  off = augment.default_config(background=0.0, time_shift=0.0, gain=0.0, noise=0.0,
+                               freq_masks=0, time_masks=0)
   np.testing.assert_array_equal(augment.apply(jax.random.key(0), mel, off), mel)
   shifted = np.asarray(augment.time_shift(jax.random.key(1), mel, 0.2))
   for i in range(64):  # a roll by at most 10 frames
@@ -190,13 +190,53 @@ def test_augmentation_chain():
   widths = masks.sum(1)
   assert widths.max() == 10 and set(np.unique(widths)) == set(range(11))
   out = np.asarray(augment.apply(jax.random.key(3), mel, augment.default_config(
-      time_shift=0.0, gain=0.0, noise=0.0)))
+      background=0.0, time_shift=0.0, gain=0.0, noise=0.0)))
   zeroed = out == 0  # masks fill with the normalised mean; the input has no zeros
   assert zeroed.any() and np.array_equal(out[~zeroed], np.asarray(mel)[~zeroed])
   gained = augment.apply(jax.random.key(4), mel, augment.default_config(
-      time_shift=0.0, noise=0.0, freq_masks=0, time_masks=0))
+      background=0.0, time_shift=0.0, noise=0.0, freq_masks=0, time_masks=0))
   offset = np.asarray(gained - mel)
-  assert np.allclose(offset, offset[:, :1, :1], atol=1e-5) and np.abs(offset).max() <= 0.15
+  assert np.allclose(offset, offset[:, :1, :1], atol=1e-5) and np.abs(offset).max() <= 0.5
+  assert np.abs(offset).max() > 0.45  # 64 draws of U(-0.5, 0.5)
+  with pytest.raises(ValueError, match="pass ln_scale"):
+    augment.apply(jax.random.key(4), mel, augment.default_config())
+
+
+def test_background_mix_adds_another_clips_power_at_a_uniform_share():
+  rng = np.random.default_rng(3)
+  mel = jnp.asarray(rng.normal(size=(4000, 3, 5)), jnp.float32)
+  scale = augment.ln_power_scale("ajepa", "recipe")  # 9.14 ln units per normalised unit
+  assert scale == pytest.approx(2 * 4.5689974)
+  assert augment.ln_power_scale("dasheng", "recipe") == pytest.approx(40 * np.log(10) / 10)
+  with pytest.raises(ValueError, match="needs data.normalization 'recipe'"):
+    augment.ln_power_scale("ajepa", "dataset")
+  out = np.asarray(augment.background_mix(jax.random.key(5), mel, 0.4, scale), np.float64)
+  x = np.asarray(mel, np.float64)
+  # Recover each clip's partner and share from the formula's power domain:
+  # e^(s out) = (1 - l) e^(s x) + l e^(s y) for the partner y = x[(i + r) % B].
+  # e^(s out) = (1 - l) e^(s x) + l e^(s y) with y = x[(i - r) % B] for one r in 1..B-1:
+  # solved for l, only the right r gives one share per clip across all its bins.
+  y = None
+  for r in range(1, 4000):
+    cand = np.roll(x, r, axis=0)
+    share = (np.exp(scale * out[:8]) - np.exp(scale * x[:8])) / (
+        np.exp(scale * cand[:8]) - np.exp(scale * x[:8]))
+    if np.allclose(share, share[:, :1, :1], rtol=1e-3, atol=1e-6):
+      y = cand
+      break
+  assert y is not None
+  share = ((np.exp(scale * out) - np.exp(scale * x)) / (np.exp(scale * y) - np.exp(scale * x)))
+  share = np.median(share.reshape(4000, -1), axis=1)
+  np.testing.assert_allclose(
+      out, np.log((1 - share)[:, None, None] * np.exp(scale * x)
+                  + share[:, None, None] * np.exp(scale * y)) / scale, atol=1e-4)
+  # Uniform on [0, 0.4]: mean 0.2, std 0.4 / sqrt(12); quartiles 0.1, 0.2, 0.3.
+  assert share.min() >= -1e-4 and share.max() <= 0.4 + 1e-4
+  assert abs(share.mean() - 0.2) < 0.01 and abs(share.std() - 0.4 / np.sqrt(12)) < 0.01
+  np.testing.assert_allclose(np.quantile(share, [0.25, 0.5, 0.75]), [0.1, 0.2, 0.3],
+                             atol=0.015)
+  np.testing.assert_array_equal(augment.background_mix(jax.random.key(5), mel, 0.0, scale),
+                                mel)
 
 
 # ---------------------------------------------------------------- the objective
@@ -224,9 +264,9 @@ def test_loss_uses_queue_neighbours_and_enqueues_the_positives():
   # By hand: the same views, the same mix, the positives' embeddings enqueued.
   k_anchor, k_pos, k_mix = jax.random.split(rng, 3)
   u = config.uamix
-  mix = mixing.sample(k_mix, augment.apply(k_anchor, mel, u.augment), u.mixing)
-  z_mix, z_pos = obj.embed(params, mix.mel), obj.embed(params, augment.apply(k_pos, mel,
-                                                                            u.augment))
+  mix = mixing.sample(k_mix, augment.apply(k_anchor, mel, u.augment, obj.ln_scale), u.mixing)
+  z_mix = obj.embed(params, mix.mel)
+  z_pos = obj.embed(params, augment.apply(k_pos, mel, u.augment, obj.ln_scale))
   np.testing.assert_allclose(new_aux["queue"]["embeddings"][:8], z_pos, rtol=1e-4, atol=1e-5)
   labels = mixing.soft_labels(mix.lam, mix.partner)
   np.testing.assert_allclose(loss, nnclr.soft_info_nce(z_mix[:, None], z_pos, labels,
@@ -278,6 +318,7 @@ def test_config_errors_are_clear():
   c.uamix.update(temperature=0.0, topk=0)
   c.uamix.augment.update(time_shift=2.0, freq_masks=-1)
   c.init_from = ""
+  c.data.normalization = "dataset"
   with pytest.raises(config_lib.ConfigError) as err:
     config_lib.validate(c)
   message = str(err.value)
@@ -285,7 +326,8 @@ def test_config_errors_are_clear():
                "uamix.mixing.width_rule must be one of ('sqrt', 'linear'), got 'cube'",
                "uamix.mixing.mode must be one of", "uamix.mixing.alpha", "label_smoothing",
                "uamix.temperature must be > 0", "uamix.topk", "uamix.augment.time_shift",
-               "uamix.augment.freq_masks", "init_from must name the pretrained MAE"):
+               "uamix.augment.freq_masks", "init_from must name the pretrained MAE",
+               "uamix.augment.background mixes powers"):
     assert part in message, part
   c = tiny_uamix_config()
   c.uamix.queue_size = 12
@@ -298,6 +340,16 @@ def test_config_errors_are_clear():
   config_lib.validate_dataset(c, 17)
   with pytest.raises(config_lib.ConfigError, match="choose one of stage1 and stage2"):
     config_lib.load("configs/uamix.py:stage1,stage2")
+
+
+def test_both_demo_stages_tune_without_five_pitch_classes_of_the_corpus():
+  from data_pipelines import synthetic
+  one, two = (config_lib.load(f"configs/uamix.py:stage{k},demo") for k in (1, 2))
+  assert one.data.exclude_classes == two.data.exclude_classes
+  held = config_lib.parse_classes(two.data.exclude_classes)
+  assert list(held) == ["pitch"] and len(held["pitch"]) == 5  # 5-way episodes among them
+  assert set(held["pitch"]) < set(synthetic.TASKS["pitch"])
+  assert config_lib.load("configs/uamix.py:stage2").data.exclude_classes == ""
 
 
 def test_recipe_variants():

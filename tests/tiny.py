@@ -48,6 +48,7 @@ def tiny_uamix_config(stage: int = 1, init_from: str = "/nonexistent", **train):
   c.data.frontend = "audio_jepa"
   c.data.frames = 64
   c.data.synthetic.update(num_pretrain=48, num_probe=36)
+  c.data.exclude_classes = ""  # the demo's held-out pitch classes would leave ~18 clips
   c.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
   c.uamix.update(queue_size=16)
   c.uamix.head.update(hidden=16, out=8)

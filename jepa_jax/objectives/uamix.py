@@ -47,6 +47,10 @@ class UaMix:
         errors.append(f"uamix.head.{name} must be an integer >= 1, got {u.head[name]!r}")
     errors.extend(mixing.config_errors(u.mixing, "uamix.mixing"))
     errors.extend(augment.config_errors(u.augment, "uamix.augment"))
+    if u.augment.get("background", 0) > 0 and config.data.normalization != "recipe":
+      errors.append(f"uamix.augment.background mixes powers, so it needs the recipe's known "
+                    f"scale: data.normalization 'recipe', got {config.data.normalization!r} "
+                    f"(or set uamix.augment.background=0)")
     if not config.get("init_from"):
       errors.append("init_from must name the pretrained MAE workdir (or export) to tune: "
                     "uaMix-MAE starts from a trained encoder")
@@ -69,6 +73,8 @@ class UaMix:
     self.encoder = models.build_encoder(config)
     self.head = nnclr.ProjectionHead(self.u.head.hidden, self.u.head.out, self.u.head.layers)
     self.frozen_layers = config.optim.get("frozen_layers", 0)
+    self.ln_scale = (augment.ln_power_scale(config.data.frontend, config.data.normalization)
+                     if self.u.augment.background > 0 else None)
 
   def init(self, rng: jax.Array) -> dict:
     enc_rng, head_rng = jax.random.split(rng)
@@ -110,9 +116,10 @@ class UaMix:
     del step
     k_anchor, k_positive, k_mix = jax.random.split(rng, 3)
     mel, ids = batch["mel"], batch["id"]
-    mix = mixing.sample(k_mix, augment.apply(k_anchor, mel, self.u.augment), self.u.mixing)
+    mix = mixing.sample(k_mix, augment.apply(k_anchor, mel, self.u.augment, self.ln_scale),
+                        self.u.mixing)
     z_mix = jax.lax.stop_gradient(self.embed(params, mix.mel))
-    z_pos = self.embed(params, augment.apply(k_positive, mel, self.u.augment))
+    z_pos = self.embed(params, augment.apply(k_positive, mel, self.u.augment, self.ln_scale))
     exclude = jnp.stack([ids, ids[mix.partner]], axis=1)
     neighbours, found, _ = nnclr.nearest_neighbours(z_mix, exclude, aux["queue"], self.u.topk)
     anchors = jnp.where(found[..., None], neighbours, z_mix[:, None, :])
