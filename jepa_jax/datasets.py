@@ -68,8 +68,8 @@ def class_indices(classes: dict[str, tuple[str, ...]], label_maps: dict[str, lis
                        f"{', '.join(label_maps) or 'none'}")
     unknown = [n for n in names if n not in label_maps[task]]
     if unknown:
-      raise ValueError(f"{where}: {task} has no class {', '.join(map(repr, unknown))}; its "
-                       f"classes: {', '.join(label_maps[task])}")
+      raise ValueError(f"{where}: task {task} has no class {', '.join(map(repr, unknown))}; "
+                       f"its classes: {', '.join(label_maps[task])}")
     out[task] = {label_maps[task].index(n) for n in names}
   return out
 

@@ -109,7 +109,7 @@ def difference_name(feature_set: str) -> str:
 def fewshot_classes(spec: str, config, tasks: list) -> dict[str, tuple[str, ...]]:
   """--fewshot_classes -> {task name: class names}: '' (all classes of every task: {}),
   'held_out' (the run's data.exclude_classes) or 'task:name,name;task:name'."""
-  from jepa_jax import config_lib
+  from jepa_jax import config_lib, datasets
   if spec == "held_out":
     spec = config.data.get("exclude_classes", "")
     if not spec:
@@ -119,16 +119,8 @@ def fewshot_classes(spec: str, config, tasks: list) -> dict[str, tuple[str, ...]
     chosen = config_lib.parse_classes(spec)
   except config_lib.ConfigError as err:
     raise ValueError(f"--fewshot_classes: {err}") from None
-  by_name = {t.name: t for t in tasks}
-  for name, classes in chosen.items():
-    if name not in by_name:
-      raise ValueError(f"--fewshot_classes names the task {name!r}, which is not evaluated "
-                       f"(tasks: {', '.join(by_name)})")
-    unknown = [c for c in classes if c not in by_name[name].label_names]
-    if unknown:
-      raise ValueError(f"--fewshot_classes: task {name} has no class "
-                       f"{', '.join(map(repr, unknown))}; its classes: "
-                       f"{', '.join(by_name[name].label_names)}")
+  datasets.class_indices(chosen, {t.name: list(t.label_names) for t in tasks},
+                         "--fewshot_classes (the tasks evaluated)")
   return chosen
 
 

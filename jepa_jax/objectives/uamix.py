@@ -47,10 +47,11 @@ class UaMix:
         errors.append(f"uamix.head.{name} must be an integer >= 1, got {u.head[name]!r}")
     errors.extend(mixing.config_errors(u.mixing, "uamix.mixing"))
     errors.extend(augment.config_errors(u.augment, "uamix.augment"))
-    if u.augment.get("background", 0) > 0 and config.data.normalization != "recipe":
-      errors.append(f"uamix.augment.background mixes powers, so it needs the recipe's known "
-                    f"scale: data.normalization 'recipe', got {config.data.normalization!r} "
-                    f"(or set uamix.augment.background=0)")
+    if u.augment.get("background", 0) > 0:
+      try:
+        augment.ln_power_scale(config.data.frontend, config.data.normalization)
+      except ValueError as err:
+        errors.append(f"uamix.augment.background mixes powers: {err}")
     if not config.get("init_from"):
       errors.append("init_from must name the pretrained MAE workdir (or export) to tune: "
                     "uaMix-MAE starts from a trained encoder")
