@@ -7,7 +7,8 @@ corpus, its probe against its random-init encoder, loss and collapse monitors, s
 Each config runs `python -m jepa_jax.main --config=configs/NAME.py:demo` in ROOT/NAME
 (a finished workdir is only probed again, an interrupted one resumes). Monitors are read
 from the workdir's metrics.jsonl at the first and last logged steps. About 10 minutes per
-config on a 2-core CPU. Prints a table and writes JSON.
+config on a 2-core CPU (A-JEPA's 31: its block masks need 26 epochs). Prints a table and
+writes JSON.
 """
 import json
 import subprocess
