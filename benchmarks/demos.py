@@ -6,9 +6,9 @@ corpus, its probe against its random-init encoder, loss and collapse monitors, s
 
 Each config runs `python -m jepa_jax.main --config=configs/NAME.py:demo` in ROOT/NAME
 (a finished workdir is only probed again, an interrupted one resumes). Monitors are read
-from the workdir's metrics.jsonl at the first and last logged steps. About 10 minutes per
-config on a 2-core CPU (A-JEPA's 31: its block masks need 26 epochs). Prints a table and
-writes JSON.
+from the workdir's metrics.jsonl at the first and last logged steps. 4 to 5 minutes per
+config on a 2-core CPU (A-JEPA's about 30: its block masks need 52 epochs), twice that on
+slower ones. Prints a table and writes JSON.
 """
 import json
 import subprocess
