@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import step_setup  # noqa: E402
-from jepa_jax import config_lib  # noqa: E402
+from jepa_jax.config import fields, validation  # noqa: E402
 
 flags.DEFINE_string("config", "configs/dasheng.py:1.2b", "config (file:variant) to compile")
 flags.DEFINE_integer("per_device_batch", 8, "examples per device; global batch x 8 devices")
@@ -57,10 +57,10 @@ def state_bytes(abstract_state: dict) -> dict:
 
 
 def main(_):
-  config = config_lib.load(FLAGS.config)
+  config = fields.load(FLAGS.config)
   config.mesh.update(data=1, fsdp=DEVICES, model=1)
   config.train.batch_size = FLAGS.per_device_batch * DEVICES
-  config_lib.validate(config)
+  validation.validate(config)
   _, compiled, compile_s = step_setup.compiled_step(config)
   live = sum(x.nbytes for x in jax.live_arrays())
   assert live < 1024, f"compiling allocated {live} bytes of arrays"

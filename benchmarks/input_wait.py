@@ -6,7 +6,7 @@ at batch 32, on the embedded corpus.
     python benchmarks/input_wait.py --paper= --steps=100        # demo recipes only
     python benchmarks/input_wait.py --demo= --paper=dasheng.py --paper_depth=0  # ViT-B
 
-Each config runs train.train for warm-up + timed steps, logging every warm-up steps. The
+Each config runs loop.train for warm-up + timed steps, logging every warm-up steps. The
 loop logs, for each interval between two logs, its steps/s and the share of its wall time
 spent waiting for input (`input_wait_fraction` in metrics.jsonl); the intervals after the
 first give the figures (the first holds Grain's start, before its read-ahead has built
@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from jepa_jax import config_lib, datasets, train  # noqa: E402
+from jepa_jax.config import fields  # noqa: E402
+from jepa_jax.training import datasets, loop  # noqa: E402
 
 flags.DEFINE_list("demo", ["audio_jepa.py:demo", "ajepa.py:demo", "audiomae.py:demo",
                            "dasheng.py:demo"], "demo recipes (configs/...), their own batch")
@@ -57,7 +58,7 @@ STACKS = ("model", "predictor", "decoder")
 def recipe(spec: str, batch: int | None, depth: int):
   """configs/<spec> at `batch` (when given) with at most `depth` blocks per stack (when
   > 0), no learning-rate warmup (the runs are short)."""
-  config = config_lib.load(ROOT / "configs" / spec)
+  config = fields.load(ROOT / "configs" / spec)
   if batch is not None:
     config.train.batch_size = batch
   for section in STACKS:
@@ -87,7 +88,7 @@ def measure(spec: str, batch: int | None, warmup: int, steps: int, depth: int = 
   config.train.epochs = (warmup + steps) * config.train.batch_size / data.num_examples
   config.train.log_every = warmup
   with tempfile.TemporaryDirectory() as workdir:
-    result = train.train(config, workdir)
+    result = loop.train(config, workdir)
     rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").open()]
   assert result.step == warmup + steps, (result.step, warmup + steps)
   first, *timed = log_intervals(rows)

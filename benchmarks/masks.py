@@ -28,7 +28,8 @@ from absl import app, flags  # noqa: E402
 from jax.profiler import ProfileData  # noqa: E402
 
 from benchmarks.step_setup import benchmark_step, median_seconds  # noqa: E402
-from jepa_jax import config_lib, masks  # noqa: E402
+from jepa_jax import masks  # noqa: E402
+from jepa_jax.config import fields, validation
 
 flags.DEFINE_integer("steps", 3, "profiled steps per case (after 2 warm-up steps)")
 flags.DEFINE_list("only", [], "run the in-step cases whose config contains one of these")
@@ -61,11 +62,11 @@ def sampler_ms(strategy: str, grid) -> float:
 
 
 def load_config(spec: str, strategy: str, batch: int):
-  config = config_lib.load(spec)
+  config = fields.load(spec)
   if config.mask.strategy != strategy:
     config.mask = masks.default_config(strategy, num_sets=config.mask.num_sets)
   config.train.batch_size = batch
-  config_lib.validate(config)
+  validation.validate(config)
   return config
 
 

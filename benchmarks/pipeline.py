@@ -29,7 +29,7 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource  
 
 from data_pipelines import pipeline, shards  # noqa: E402
 from data_pipelines.frontends import get_frontend  # noqa: E402
-from jepa_jax import config_lib  # noqa: E402
+from jepa_jax.config import fields  # noqa: E402
 
 flags.DEFINE_string("shard_dir", "benchmarks/results/pipeline_shards",
                     "generated shards (made when missing or different)")
@@ -49,7 +49,7 @@ SECONDS = 10.0
 
 
 def config(variant: str | None):
-  return config_lib.load(f"{ROOT / 'configs' / 'audio_jepa.py'}:{variant or ''}")
+  return fields.load(f"{ROOT / 'configs' / 'audio_jepa.py'}:{variant or ''}")
 
 
 def ensure_shards(shard_dir: Path, count: int) -> Path:

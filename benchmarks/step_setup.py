@@ -14,8 +14,12 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import frontends
-from jepa_jax import config_lib, masks, models, objectives, optim, train, vit
-from jepa_jax import mesh as mesh_lib
+from jepa_jax import masks, models, objectives
+from jepa_jax.config import fields, shapes, validation
+from jepa_jax.models import attention, layers, vit
+from jepa_jax.optim import optimizer
+from jepa_jax.parallel import mesh as mesh_lib
+from jepa_jax.training import update
 
 OBJECTIVES = ("jepa", "mae")  # the masked-prediction objectives these benchmarks describe
 
@@ -35,24 +39,24 @@ def median_seconds(run: Callable[[], object], steps: int, warmup: int) -> float:
 @dataclasses.dataclass
 class BenchmarkStep:
   objective: object
-  compiled: train.CompiledStep
+  compiled: update.CompiledStep
   state: dict
   batch: dict       # normal noise of the config's (batch, mels, frames) shape
   compile_s: float  # the train step's compile time
 
 
-def compiled_step(config, total_steps: int = 1) -> tuple[object, train.CompiledStep, float]:
+def compiled_step(config, total_steps: int = 1) -> tuple[object, update.CompiledStep, float]:
   """(objective, compiled step, compile seconds) for `config.train.batch_size` clips on the
   config's mesh, from abstract shapes (nothing allocated); the schedules (lr, EMA,
   curriculum) span `total_steps` for the objective and 1000 steps (10 warm-up) for the
   optimizer: lengths change values, not shapes or memory."""
   objective = objectives.build(config, total_steps)
-  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"),
+  tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"),
                                        config.train.batch_size, 1000, 10,
                                        objective.ema_subtree)
   t = time.perf_counter()
-  compiled = train.compile_step(config, objective, tx, schedules,
-                                mesh_lib.make_mesh(config.mesh), models.input_shape(config)[0],
+  compiled = update.compile_step(config, objective, tx, schedules,
+                                mesh_lib.make_mesh(config.mesh), shapes.input_shape(config)[0],
                                 monitors=False)
   return objective, compiled, time.perf_counter() - t
 
@@ -67,7 +71,7 @@ def peak_bytes(compiled_fn) -> int:
 def benchmark_step(config, total_steps: int = 1) -> BenchmarkStep:
   """compiled_step with its initial state and a random batch of the config's shape."""
   batch = config.train.batch_size
-  mels, frames = models.input_shape(config)
+  mels, frames = shapes.input_shape(config)
   objective, compiled, compile_s = compiled_step(config, total_steps)
   bs = compiled.batch_sharding
   data = {"mel": jax.device_put(np.random.default_rng(0).normal(
@@ -100,14 +104,14 @@ def head_name(config: ml_collections.ConfigDict) -> str:
 
 def check_objective(config: ml_collections.ConfigDict) -> None:
   if config.objective not in OBJECTIVES:
-    raise config_lib.ConfigError(
+    raise fields.ConfigError(
         f"objective {config.objective!r} is not benchmarked here; use a config whose "
         f"objective is one of {OBJECTIVES}")
 
 
 def mask_shapes(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
   """(mask sets K, context slots Nc, target groups M, target slots Nt) of one clip."""
-  grid = models.grid(config)
+  grid = shapes.grid(config)
   m = jax.eval_shape(lambda k: masks.sample(k, 1, grid, config.mask), jax.random.key(0))
   k, nc = m.context_idx.shape[1:]
   groups, nt = m.target_idx.shape[2:]
@@ -121,7 +125,7 @@ def step_passes(config: ml_collections.ConfigDict) -> list[Pass]:
   on context plus target slots, once per target group (queries). Slot counts include
   the padding of block masks, which the step computes too."""
   check_objective(config)
-  grid = models.grid(config)
+  grid = shapes.grid(config)
   n = grid[0] * grid[1]
   k, nc, groups, nt = mask_shapes(config)
   m = config.model
@@ -155,17 +159,17 @@ def pass_flops(p: Pass, params: int) -> int:
 def with_tokens(config: ml_collections.ConfigDict, tokens: int) -> ml_collections.ConfigDict:
   """The config with `tokens` patches per clip: its own front end when its mel rows divide
   the count, else the first front end whose rows do; the crop length makes up the rest."""
-  pf, pt = models.patch_shape(config)
+  pf, pt = shapes.patch_shape(config)
   names = [config.data.frontend] + [n for n in frontends.FRONTENDS if n != config.data.frontend]
   for name in names:
     rows = frontends.get_frontend(name).n_mels // pf
     if tokens % rows == 0:
       c = config.copy_and_resolve_references()
       c.data.frontend, c.data.frames = name, tokens // rows * pt
-      config_lib.validate(c)  # e.g. attention windows that do not tile the new grid
+      validation.validate(c)  # e.g. attention windows that do not tile the new grid
       return c
   rows = sorted({frontends.get_frontend(n).n_mels // pf for n in names})
-  raise config_lib.ConfigError(f"{tokens} tokens per clip: no front end's number of {pf}-bin "
+  raise fields.ConfigError(f"{tokens} tokens per clip: no front end's number of {pf}-bin "
                                f"mel rows {rows} divides it; use a multiple of one of them")
 
 
@@ -177,18 +181,18 @@ class PlainHead(nn.Module):
   num_heads: int
   mlp_dim: int
   out_dim: int
-  dtype: vit.Dtype
-  windows: vit.Windows | None
+  dtype: layers.Dtype
+  windows: attention.Windows | None
   scan: bool
   remat: str
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = vit.dense(self.width, (None, "embed"), self.dtype, "embed")(x)
+    x = layers.dense(self.width, (None, "embed"), self.dtype, "embed")(x)
     x = vit.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
                         windows=self.windows, scan=self.scan, remat=self.remat,
                         name="transformer")(x)
-    return vit.dense(self.out_dim, ("embed", None), self.dtype, "project")(x)
+    return layers.dense(self.out_dim, ("embed", None), self.dtype, "project")(x)
 
 
 @dataclasses.dataclass
@@ -201,7 +205,7 @@ class PlainStep:
 
 
 def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
-  """The step's passes (step_passes) as plain ViTs on random inputs: jepa_jax.vit's
+  """The step's passes (step_passes) as plain ViTs on random inputs: jepa_jax.models.vit's
   encoder forward and backward on the context token count, forward on the target pass's,
   and a predictor-sized ViT forward and backward on the predictor's; the loss is the sum
   of the outputs' mean cubes (plus the target pass's mean) and the update plain SGD.
@@ -209,10 +213,10 @@ def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
   passes = {p.name: p for p in step_passes(config)}
   batch = config.train.batch_size
   name = head_name(config)
-  grid = models.grid(config)
+  grid = shapes.grid(config)
   n = grid[0] * grid[1]
-  pf, pt = models.patch_shape(config)
-  encoder = models.build_encoder(config)
+  pf, pt = shapes.patch_shape(config)
+  encoder = models.build_encoder(config, grid)
   head_pass, h = passes[name], config[name]
   out_dim = config.model.width if name == "predictor" else pf * pt
   head = PlainHead(h.width, h.depth, h.num_heads, h.mlp_dim, out_dim,
@@ -240,13 +244,13 @@ def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
     return jax.tree.map(lambda w, g: w - 1e-4 * g, params, grads), loss
 
   rng = np.random.default_rng(0)
-  shapes = {key: (batch * p.sequences, p.tokens, pf * pt) for key, p in passes.items()
+  input_shapes = {key: (batch * p.sequences, p.tokens, pf * pt) for key, p in passes.items()
             if key != name}
-  shapes["head"] = (batch * head_pass.sequences, head_pass.tokens, config.model.width)
+  input_shapes["head"] = (batch * head_pass.sequences, head_pass.tokens, config.model.width)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     bs, rep = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
     inputs = {key: jax.device_put(rng.normal(size=s).astype(np.float32), bs)
-              for key, s in shapes.items()}
+              for key, s in input_shapes.items()}
     init_rng = jax.random.key(0)
     params = jax.jit(lambda r: nn.unbox({
         "encoder": models.init_encoder(encoder, r),

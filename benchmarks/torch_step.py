@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import step_setup
-from jepa_jax import models, positions, vit
+from jepa_jax.config import shapes
+from jepa_jax.models import layers, positions
 
 DISTANCES = ("smooth_l1", "l2")  # the element-wise ones
 
@@ -31,15 +32,15 @@ class Unsupported(Exception):
 
 
 class Block(nn.Module):
-  """Pre-norm block as jepa_jax.vit.Block: fused QKV, exact GELU."""
+  """Pre-norm block as jepa_jax.models.vit.Block: fused QKV, exact GELU."""
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int):
     super().__init__()
     self.num_heads = num_heads
-    self.norm1 = nn.LayerNorm(width, eps=vit.LN_EPS)
+    self.norm1 = nn.LayerNorm(width, eps=layers.LN_EPS)
     self.qkv = nn.Linear(width, 3 * width)
     self.out = nn.Linear(width, width)
-    self.norm2 = nn.LayerNorm(width, eps=vit.LN_EPS)
+    self.norm2 = nn.LayerNorm(width, eps=layers.LN_EPS)
     self.fc1 = nn.Linear(width, mlp_dim)
     self.fc2 = nn.Linear(mlp_dim, width)
 
@@ -56,7 +57,7 @@ class Stack(nn.Module):
   def __init__(self, p: step_setup.Pass):
     super().__init__()
     self.blocks = nn.ModuleList(Block(p.width, p.num_heads, p.mlp_dim) for _ in range(p.depth))
-    self.norm = nn.LayerNorm(p.width, eps=vit.LN_EPS)
+    self.norm = nn.LayerNorm(p.width, eps=layers.LN_EPS)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     for block in self.blocks:
@@ -130,10 +131,10 @@ class TorchStep:
     passes = {p.name: p for p in step_setup.step_passes(config)}
     self.config, self.batch, self.device = config, batch, device
     self.jepa = config.objective == "jepa"
-    self.grid = models.grid(config)
+    self.grid = shapes.grid(config)
     self.n = self.grid[0] * self.grid[1]
     self.sets, self.nc, self.groups, self.nt = step_setup.mask_shapes(config)
-    self.patch_shape = models.patch_shape(config)
+    self.patch_shape = shapes.patch_shape(config)
     patch_dim = self.patch_shape[0] * self.patch_shape[1]
     name = step_setup.head_name(config)
     self.full_grid = config[name].layout == "full_grid"
@@ -152,7 +153,7 @@ class TorchStep:
     if self.jepa:
       self.target = copy.deepcopy(self.encoder).requires_grad_(False)
       self.tau = config.ema.tau_start
-    mels, frames = models.input_shape(config)
+    mels, frames = shapes.input_shape(config)
     self.mel = torch.from_numpy(np.random.default_rng(0).normal(
         size=(batch, mels, frames)).astype(np.float32)).to(device)
     self.autocast = torch.autocast(device, torch.bfloat16,

@@ -45,7 +45,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import step_setup  # noqa: E402
-from jepa_jax import config_lib, models  # noqa: E402
+from jepa_jax import models  # noqa: E402
+from jepa_jax.config import validation
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
 flags.DEFINE_list("batch_sizes", ["32"], "global batch sizes of the batch table; the first "
@@ -150,7 +151,7 @@ def measure(config: ml_collections.ConfigDict, batch: int) -> dict:
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch
   config.model.dtype = FLAGS.dtype or config.model.dtype
-  config_lib.validate(config)
+  validation.validate(config)
   mels, frames = models.input_shape(config)
   grid = models.grid(config)
   row = {"batch": batch, "mels": mels, "frames": frames, "tokens_per_clip": grid[0] * grid[1],

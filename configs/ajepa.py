@@ -19,17 +19,18 @@ betas (0.9, 0.95) and weight decay 0.05 (I-JEPA / M2D), EMA 0.996 -> 1.0 (I-JEPA
 """
 import ml_collections
 
-from jepa_jax import config_lib, masks
+from jepa_jax import masks
+from jepa_jax.config import fields
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, names={"demo", "global"},
+  variant = fields.parse_variant(arg, names={"demo", "global"},
                                      values={"sets": int, "size": str})
-  c = config_lib.base_config("jepa", "ajepa", frames=1024)
+  c = fields.base_config("jepa", "ajepa", frames=1024)
   c.data.normalization = "recipe"   # AudioMAE: (x + 4.27) / (2 x 4.57)
   c.data.gain_jitter_db = 6.0
-  config_lib.set_encoder_size(c, variant.get("size", "vit_b"))
-  c.predictor = config_lib.head_config(
+  fields.set_encoder_size(c, variant.get("size", "vit_b"))
+  c.predictor = fields.head_config(
       "ajepa", layout="full_grid", attention="global" if variant.get("global") else "local",
       window=(4, 4), shift=(0, 2))
 

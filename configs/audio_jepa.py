@@ -13,7 +13,8 @@ Variants combine: `configs/audio_jepa.py:demo,d=3.2`.
 """
 import ml_collections
 
-from jepa_jax import config_lib, masks
+from jepa_jax import masks
+from jepa_jax.config import fields
 
 FRAMES_PER_SECOND = 100  # 10 ms hop
 
@@ -24,12 +25,12 @@ def frames_for(seconds: float, patch_frames: int = 16) -> int:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, names={"demo"}, values={"d": float, "size": str})
+  variant = fields.parse_variant(arg, names={"demo"}, values={"d": float, "size": str})
   # 80 mels, 25 ms / 10 ms, 50-8000 Hz, ln(power + eps); 'recipe' normalisation: -7.06 / 4.20
-  c = config_lib.base_config("jepa", "audio_jepa", frames_for(variant.get("d", 2.1)))
-  config_lib.set_encoder_size(c, variant.get("size", "vit_b"))
+  c = fields.base_config("jepa", "audio_jepa", frames_for(variant.get("d", 2.1)))
+  fields.set_encoder_size(c, variant.get("size", "vit_b"))
   # Queries only: context + one mask token per target slot, global attention.
-  c.predictor = config_lib.head_config("audio_jepa", layout="queries")
+  c.predictor = fields.head_config("audio_jepa", layout="queries")
 
   # Table 3: mask.strategy in {unstructured, multi_block, time} x jepa.target_domain in
   # {audio, latent}; each strategy's parameters are the papers' (jepa_jax/masks.py).

@@ -14,19 +14,20 @@
 """
 import ml_collections
 
-from jepa_jax import config_lib, masks
+from jepa_jax import masks
+from jepa_jax.config import fields
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, names={"demo", "global", "lines"},
+  variant = fields.parse_variant(arg, names={"demo", "global", "lines"},
                                      values={"size": str})
-  c = config_lib.base_config("mae", "ajepa", frames=1024)  # AudioMAE's fbank = A-JEPA's
+  c = fields.base_config("mae", "ajepa", frames=1024)  # AudioMAE's fbank = A-JEPA's
   c.data.normalization = "recipe"
-  config_lib.set_encoder_size(c, variant.get("size", "vit_b"))
+  fields.set_encoder_size(c, variant.get("size", "vit_b"))
   if variant.get("global"):
-    c.decoder = config_lib.head_config("dec_25m", layout="full_grid")
+    c.decoder = fields.head_config("dec_25m", layout="full_grid")
   else:
-    c.decoder = config_lib.head_config("audiomae", layout="full_grid", attention="local",
+    c.decoder = fields.head_config("audiomae", layout="full_grid", attention="local",
                                        window=(4, 4), shift=(0, 2))
   if variant.get("lines"):
     c.mask = masks.default_config("time_and_frequency")

@@ -20,21 +20,22 @@ AdamW betas are not given: MAE's (0.9, 0.95).
 """
 import ml_collections
 
-from jepa_jax import config_lib, masks
+from jepa_jax import masks
+from jepa_jax.config import fields
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, names={"demo", "base", "0.6b", "1.2b", "dec56m"},
+  variant = fields.parse_variant(arg, names={"demo", "base", "0.6b", "1.2b", "dec56m"},
                                      values={})
   if sum(bool(variant.get(v)) for v in ("base", "0.6b", "1.2b")) > 1:
-    raise config_lib.ConfigError("pick one Dasheng size of base, 0.6b, 1.2b")
-  c = config_lib.base_config("mae", "dasheng", frames=1000)
+    raise fields.ConfigError("pick one Dasheng size of base, 0.6b, 1.2b")
+  c = fields.base_config("mae", "dasheng", frames=1000)
   c.data.normalization = "recipe"
   size = "dasheng_0.6b" if variant.get("0.6b") else \
       "dasheng_1.2b" if variant.get("1.2b") else "vit_b"
-  config_lib.set_encoder_size(c, size)
+  fields.set_encoder_size(c, size)
   c.model.update(patch_shape=(64, 4), positions="learned")
-  c.decoder = config_lib.head_config("dec_56m" if variant.get("dec56m") else "dec_25m",
+  c.decoder = fields.head_config("dec_56m" if variant.get("dec56m") else "dec_25m",
                                      layout="full_grid", positions="learned")
   c.mask = masks.default_config("grouped")  # ratio 0.75, groups of 2 tokens (80 ms)
   c.mae = ml_collections.ConfigDict(dict(norm_pix_eps=1e-6, input_norm="batch_norm"))

@@ -37,7 +37,8 @@ lr follows the linear rule lr = base_lr x batch / 256 (1e-4 at 512: base 5e-5; 1
 """
 import ml_collections
 
-from jepa_jax import augment, config_lib
+from jepa_jax.config import fields
+from jepa_jax.objectives import augment
 
 # Pitch classes of the embedded corpus held out of the demo's tuning data (5, so 5-way
 # episodes can be drawn among them); tuning sees 110-156, 311-440 and 880-1245 Hz.
@@ -45,16 +46,16 @@ DEMO_HELD_OUT = "pitch:156-220Hz,220-311Hz,440-622Hz,622-880Hz,1245-1760Hz"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = config_lib.parse_variant(arg, names={"stage1", "stage2", "demo"},
+  variant = fields.parse_variant(arg, names={"stage1", "stage2", "demo"},
                                      values={"mix": str, "width": str, "init": str,
                                              "size": str})
   stage = 2 if variant.get("stage2") else 1
   if variant.get("stage1") and variant.get("stage2"):
-    raise config_lib.ConfigError("choose one of stage1 and stage2")
+    raise fields.ConfigError("choose one of stage1 and stage2")
   demo = variant.get("demo", False)
-  c = config_lib.base_config("uamix", "ajepa", frames=1024)  # AudioMAE's input
+  c = fields.base_config("uamix", "ajepa", frames=1024)  # AudioMAE's input
   c.data.normalization = "recipe"
-  config_lib.set_encoder_size(c, variant.get("size", "vit_b"))
+  fields.set_encoder_size(c, variant.get("size", "vit_b"))
   mix = variant.get("mix", "time")
   c.uamix = ml_collections.ConfigDict(dict(
       temperature=0.15,   # paper

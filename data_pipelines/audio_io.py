@@ -115,7 +115,7 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     raise AudioError(path, f"cannot decode {path.suffix} files: libsndfile does not read "
                            f"them and ffmpeg is not installed (install ffmpeg, e.g. apt-get "
                            f"install ffmpeg, to include them)")
-  from audioread import exceptions, ffdec
+  from audioread import exceptions, ffdec  # lazy: only for files libsndfile cannot read
   try:
     with ffdec.FFmpegAudioFile(str(path)) as f:
       rate, channels = f.samplerate, f.channels

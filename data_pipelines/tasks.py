@@ -128,3 +128,18 @@ def write_task(task_dir: str | Path, rows: Iterable[TaskRow]) -> Path:
     writer.writerow([cells[c] for c in columns])
   meta.write_text(out.getvalue())
   return meta
+
+def class_indices(classes: dict[str, tuple[str, ...]], label_maps: dict[str, list[str]],
+                  where: str) -> dict[str, set[int]]:
+  """{task: class names} -> {task: indices in label_maps[task]}; unknown names are errors."""
+  out = {}
+  for task, names in classes.items():
+    if task not in label_maps:
+      raise ValueError(f"{where} has no label task {task!r}; its tasks: "
+                       f"{', '.join(label_maps) or 'none'}")
+    unknown = [n for n in names if n not in label_maps[task]]
+    if unknown:
+      raise ValueError(f"{where}: task {task} has no class {', '.join(map(repr, unknown))}; "
+                       f"its classes: {', '.join(label_maps[task])}")
+    out[task] = {label_maps[task].index(n) for n in names}
+  return out

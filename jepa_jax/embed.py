@@ -1,155 +1,7 @@
-"""Frozen clip embeddings of a labelled task, cached: `python -m jepa_jax.embed`.
-
-    python -m jepa_jax.embed --workdir=RUN --task=DIR [--freq_pool=concat|mean]
-        [--random_init] [--unit_sec=S]
-
-Loads the workdir's encoder export (or, with --random_init, the same encoder as its
-training started: the baseline every number should beat), turns each clip of the task
-(a task folder or labelled mel shards, see task_data) into one embedding as
-features.clip_embeddings computes it, and caches the matrix in
-`RUN/embeddings/<task>-<key>.npz`, the key hashing the encoder's parameters (file
-contents), the task's clips, labels and settings, and the feature options: a later call
-with the same inputs reads the cache, anything changed computes anew. Prints the path.
-"""
-import dataclasses
-import hashlib
 import json
 import sys
-from pathlib import Path
 
-import numpy as np
-
-from jepa_jax import features, task_data
-
-CACHE_DIR = "embeddings"
-MEAN_LOGMEL = "mean_logmel"  # the baseline feature set: the clip's log-mel averaged over time
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class FeatureSet:
-  """A named way to turn clips into embeddings: an encoder (with its parameters) or,
-  with encoder None, the mean-log-mel baseline."""
-  name: str
-  encoder: object | None
-  params: object
-  fingerprint: str
-
-
-def _files_digest(root: Path) -> str:
-  h = hashlib.sha256()
-  for path in sorted(p for p in root.rglob("*") if p.is_file()):
-    h.update(str(path.relative_to(root)).encode())
-    with path.open("rb") as f:
-      for block in iter(lambda: f.read(1 << 20), b""):
-        h.update(block)
-  return h.hexdigest()
-
-
-def export_dir(workdir: str | Path) -> Path:
-  return Path(workdir).absolute() / "export"
-
-
-BUILT_IN = ("trained", "random_init", MEAN_LOGMEL)
-
-
-def load_feature_sets(workdir: str | Path, names: tuple[str, ...] = ("trained",)):
-  """(config, frontend metadata, [FeatureSet]) for the names asked: 'trained' (the
-  export), 'random_init' (the encoder as its training started), 'mean_logmel', or the
-  path of another training workdir, whose exported encoder is named by the folder's name
-  (e.g. the run a fine-tuned or tuned encoder started from, to compare on the same clips).
-  """
-  from jepa_jax import export, train  # train builds the initial encoder
-  unknown = sorted(n for n in names if n not in BUILT_IN and "/" not in n)
-  if unknown:
-    raise ValueError(f"unknown feature set(s) {', '.join(unknown)}; known: "
-                     f"{', '.join(BUILT_IN)}, or another workdir's path (with a '/')")
-  config, encoder, params, frontend_meta = export.load_encoder(export_dir(workdir))
-
-  def other_run(path: str) -> FeatureSet:
-    name = Path(path).absolute().name
-    if name in BUILT_IN:
-      raise ValueError(f"the workdir {path} is named like the feature set {name!r}; "
-                       f"rename or link it under another name")
-    _, other, other_params, other_meta = export.load_encoder(export_dir(path))
-    if other_meta != frontend_meta:
-      raise ValueError(f"{path}'s encoder takes other inputs than {workdir}'s (front end, "
-                       f"normalisation or frames differ), so they cannot share features")
-    return FeatureSet(name, other, other_params, _files_digest(export_dir(path) / "encoder"))
-
-  made = {
-      "trained": lambda: FeatureSet("trained", encoder, params,
-                                    _files_digest(export_dir(workdir) / "encoder")),
-      "random_init": lambda: FeatureSet("random_init", encoder,
-                                        train.initial_encoder_params(config),
-                                        task_data.fingerprint("random_init", config.to_dict())),
-      MEAN_LOGMEL: lambda: FeatureSet(MEAN_LOGMEL, None, None,
-                                        task_data.fingerprint(MEAN_LOGMEL)),
-  }
-  sets = [made[n]() if n in made else other_run(n) for n in names]
-  taken = [fs.name for fs in sets]
-  if len(set(taken)) < len(taken):
-    raise ValueError(f"two feature sets share a name: {', '.join(taken)}")
-  return config, frontend_meta, sets
-
-
-def cache_path(workdir: str | Path, task: task_data.LabelledTask, feature_set: FeatureSet,
-               frontend_meta: dict, freq_pool: str) -> Path:
-  key = task_data.fingerprint(feature_set.fingerprint, task.fingerprint, frontend_meta,
-                              freq_pool)
-  return Path(workdir).absolute() / CACHE_DIR / f"{task.name}-{feature_set.name}-{key}.npz"
-
-
-def _compute(feature_set: FeatureSet, mels, frontend_meta: dict, freq_pool: str,
-             chunk_batch: int) -> np.ndarray:
-  if feature_set.encoder is None:
-    return features.mean_logmel(mels)
-  return features.clip_embeddings(feature_set.encoder, feature_set.params, mels,
-                                  frontend_meta["frames"], task_data.pad_value(frontend_meta),
-                                  chunk_batch, freq_pool)
-
-
-def _save(path: Path, x: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.stem + ".tmp.npz")  # np.savez keeps a name ending in .npz
-  np.savez(tmp, x=x)
-  tmp.rename(path)  # atomic: a killed run never leaves a half-written cache entry
-
-
-def embed_tasks(workdir: str | Path, sources: list, feature_sets: list[FeatureSet],
-                frontend_meta: dict, *, freq_pool: str = "concat",
-                unit_sec: float | None = None, chunk_batch: int = 64, cache: bool = True):
-  """[(task, {feature set name: (clips, D) embeddings})] per source, from the cache where
-  it holds them. Audio is read only for what must be computed, and a clip that several
-  tasks share (the same file, by inode) is read and encoded once."""
-  if freq_pool not in features.FREQ_POOLS:
-    raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(features.FREQ_POOLS)}")
-  results, pending, memo = [], [], {}
-  for source in sources:
-    task = task_data.read(source, unit_sec)
-    paths = {fs.name: cache_path(workdir, task, fs, frontend_meta, freq_pool)
-             for fs in feature_sets}
-    out = {}
-    for fs in feature_sets:
-      if cache and paths[fs.name].is_file():
-        with np.load(paths[fs.name]) as f:
-          out[fs.name] = f["x"]
-    missing = {fs.name for fs in feature_sets if fs.name not in out}
-    if missing:
-      task, mels = task_data.load_mels(source, frontend_meta, unit_sec, memo=memo)
-      pending.append((out, paths, missing, mels))
-    results.append((task, out))
-  for fs in feature_sets:
-    jobs = [(out, paths, mels) for out, paths, missing, mels in pending if fs.name in missing]
-    unique = {id(m): m for _, _, mels in jobs for m in mels}  # shared clips once
-    if not unique:
-      continue
-    x = _compute(fs, list(unique.values()), frontend_meta, freq_pool, chunk_batch)
-    row = {key: i for i, key in enumerate(unique)}
-    for out, paths, mels in jobs:
-      out[fs.name] = x[[row[id(m)] for m in mels]]
-      if cache:
-        _save(paths[fs.name], out[fs.name])
-  return results
+from jepa_jax.evaluation import embeddings, features
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,14 +22,14 @@ def main(argv: list[str] | None = None) -> None:
                  help="clip length in seconds (default: the task's task.json, else whole)")
   args = p.parse_args(argv)
   try:
-    config, frontend_meta, sets = load_feature_sets(
+    config, frontend_meta, sets = embeddings.load_feature_sets(
         args.workdir, ("random_init",) if args.random_init else ("trained",))
-    (task, x), = embed_tasks(args.workdir, [args.task], sets, frontend_meta,
+    (task, x), = embeddings.embed_tasks(args.workdir, [args.task], sets, frontend_meta,
                              freq_pool=args.freq_pool, unit_sec=args.unit_sec,
                              chunk_batch=config.probe.chunk_batch)
   except (FileNotFoundError, ValueError) as err:
     sys.exit(f"error: {err}")
-  path = cache_path(args.workdir, task, sets[0], frontend_meta, args.freq_pool)
+  path = embeddings.cache_path(args.workdir, task, sets[0], frontend_meta, args.freq_pool)
   print(json.dumps({"task": task.name, "clips": len(task), "dim": int(x[sets[0].name].shape[1]),
                     "features": str(path)}))
 

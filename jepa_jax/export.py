@@ -13,7 +13,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jepa_jax import distributed, models
+from jepa_jax import models
+from jepa_jax.config import shapes
+from jepa_jax.parallel import distributed
 
 
 def export_encoder(export_dir: Path, config: ml_collections.ConfigDict, encoder_params,
@@ -56,7 +58,7 @@ def load_encoder(export_dir: Path):
   """(config, encoder module, encoder params, frontend metadata) from an export."""
   export_dir = Path(export_dir).absolute()
   config = load_config(export_dir)
-  encoder = models.build_encoder(config)
+  encoder = models.build_encoder(config, shapes.grid(config))
   abstract = jax.eval_shape(lambda: nn.unbox(models.init_encoder(encoder, jax.random.key(0))))
   # Restore onto this process's first device, whatever mesh the export was written from,
   # by this process alone: no barrier waits for the others of a multi-process run.

@@ -62,7 +62,9 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data_pipelines import frontends  # noqa: E402
-from jepa_jax import export, features, task_data, vit  # noqa: E402
+from jepa_jax import export  # noqa: E402
+from jepa_jax.evaluation import features, task_data  # noqa: E402
+from jepa_jax.models import vit  # noqa: E402
 
 
 def _warn_if_preallocating():
@@ -205,7 +207,7 @@ def _torch_shell_class():
   if _SHELL:
     return _SHELL[0]
   try:
-    import torch
+    import torch  # lazy: an optional extra
   except ImportError:
     return None
 
@@ -272,7 +274,7 @@ def _as_numpy(audio) -> tuple[np.ndarray, Any]:
 def _out(x: np.ndarray, device):
   if device is None:
     return x
-  import torch
+  import torch  # lazy: an optional extra, present when the input was a tensor
   return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 

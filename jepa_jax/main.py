@@ -8,16 +8,24 @@ A workdir holding a checkpoint resumes from it. The last line printed is JSON: t
 probe accuracy of the trained encoder, of the same encoder at initialisation and of a
 mean-log-mel baseline (task means; per-task values and seed std beside them).
 
-A multi-host run starts the same command on every host (jepa_jax/distributed.py says how
+A multi-host run starts the same command on every host (jepa_jax/parallel/distributed.py says how
 the processes find each other); process 0 writes, prints and probes.
 """
 import json
 import sys
 import time
 
+import flax.linen as nn
+import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jepa_jax import objectives
+from jepa_jax.config import fields, validation
+from jepa_jax.evaluation import suite
+from jepa_jax.parallel import distributed
+from jepa_jax.training import datasets, loop
 
 config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/audio_jepa.py:demo",
                                 lock_config=True)
@@ -29,10 +37,6 @@ FLAGS = flags.FLAGS
 
 def parameter_counts(config) -> dict:
   """Parameters per module from abstract shapes: nothing is allocated."""
-  import flax.linen as nn
-  import jax
-
-  from jepa_jax import objectives
   objective = objectives.build(config)
   abstract = jax.eval_shape(lambda: nn.unbox(objective.init(jax.random.key(0))))
   return {name: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
@@ -80,13 +84,12 @@ def run(argv) -> None:
     config.to_dict()  # config_flags defers a failed load to the first use
   except OSError as err:
     _fail(f"cannot load --config: {_last_line(str(err))}")
-  from jepa_jax import config_lib, distributed
   try:
     if not FLAGS.dry_run:  # shapes only: nothing to coordinate
       # First: the processes of a multi-process run join before any device is touched.
       distributed.initialize(config)
-    config_lib.validate(config)
-  except config_lib.ConfigError as err:
+    validation.validate(config)
+  except fields.ConfigError as err:
     _fail(str(err))
   if FLAGS.dry_run:
     print(json.dumps({"params": parameter_counts(config)}))
@@ -94,11 +97,10 @@ def run(argv) -> None:
   if not FLAGS.workdir:
     _fail("--workdir is required (a folder for checkpoints, metrics and the export)")
 
-  from jepa_jax import datasets, train
   try:
-    result = train.train(config, FLAGS.workdir)
-  except (config_lib.ConfigError, datasets.DataError, train.IncompatibleWorkdirError,
-          train.NonFiniteLossError) as err:
+    result = loop.train(config, FLAGS.workdir)
+  except (fields.ConfigError, datasets.DataError, loop.IncompatibleWorkdirError,
+          loop.NonFiniteLossError) as err:
     _fail(str(err))
   primary = distributed.is_primary()
   if result.interrupted:
@@ -115,7 +117,6 @@ def run(argv) -> None:
 
 def summary(config, result, workdir: str, probe: bool) -> dict:
   """The last line: the run's steps, loss and timings, with the probe's accuracies."""
-  from jepa_jax import datasets, evaluate
   out = {"steps": result.step, "final_loss": result.last_metrics.get("loss"),
          "timings_s": {k: round(v, 1) for k, v in result.timings.items()},
          "input_wait_fraction": round(result.input_wait_fraction, 4)}
@@ -124,7 +125,7 @@ def summary(config, result, workdir: str, probe: bool) -> dict:
           "--workdir=... --task=DIR", file=sys.stderr)
   elif probe:
     t = time.perf_counter()
-    out = {**evaluate.probe_workdir(workdir), **out}
+    out = {**suite.probe_workdir(workdir), **out}
     out["timings_s"]["probe"] = round(time.perf_counter() - t, 1)
   return out
 

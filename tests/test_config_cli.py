@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from jepa_jax import config_lib, main
+from jepa_jax import main
+from jepa_jax.config import fields, validation
 from tests.tiny import ROOT, load_config_module
 
 audio_jepa = load_config_module()
@@ -21,7 +22,7 @@ def test_paper_recipe_values():
   assert c.mask.strategy == "unstructured" and c.jepa.target_domain == "audio"
   assert (c.ema.tau_start, c.ema.tau_end) == (0.99995, 0.99999)
   assert (c.train.epochs, c.optim.warmup_epochs, c.optim.clip_norm) == (300, 20, 3.0)
-  config_lib.validate(c)
+  validation.validate(c)
 
 
 def test_duration_and_demo_variants():
@@ -30,19 +31,19 @@ def test_duration_and_demo_variants():
   demo = audio_jepa.get_config("demo,d=3.2")
   assert demo.data.frames == 320 and demo.model.width < 768
   assert (demo.ema.tau_start, demo.ema.tau_end) == (0.996, 1.0)
-  with pytest.raises(config_lib.ConfigError, match="unknown config variant 'deom'"):
+  with pytest.raises(fields.ConfigError, match="unknown config variant 'deom'"):
     audio_jepa.get_config("deom")
-  with pytest.raises(config_lib.ConfigError, match="d='long' is not a float"):
+  with pytest.raises(fields.ConfigError, match="d='long' is not a float"):
     audio_jepa.get_config("d=long")
 
 
 def test_load_gives_the_variant_of_the_recipe_file():
-  loaded = config_lib.load(ROOT / "configs" / "audio_jepa.py:demo,d=3.2")
+  loaded = fields.load(ROOT / "configs" / "audio_jepa.py:demo,d=3.2")
   assert loaded.to_dict() == audio_jepa.get_config("demo,d=3.2").to_dict()
-  assert config_lib.load(ROOT / "configs" / "audio_jepa.py").to_dict() == \
+  assert fields.load(ROOT / "configs" / "audio_jepa.py").to_dict() == \
       audio_jepa.get_config().to_dict()
-  with pytest.raises(config_lib.ConfigError, match="nowhere.py not found"):
-    config_lib.load("configs/nowhere.py:demo")
+  with pytest.raises(fields.ConfigError, match="nowhere.py not found"):
+    fields.load("configs/nowhere.py:demo")
 
 
 def test_validate_lists_every_bad_field():
@@ -51,8 +52,8 @@ def test_validate_lists_every_bad_field():
   c.model.num_heads = 5
   c.optim.base_lr = -1.0
   c.jepa.target_domain = "pixels"
-  with pytest.raises(config_lib.ConfigError) as err:
-    config_lib.validate(c)
+  with pytest.raises(fields.ConfigError) as err:
+    validation.validate(c)
   message = str(err.value)
   for fragment in ("target_ratio 1.5", "divisible by model.num_heads 5", "base_lr must be > 0",
                    "target_domain must be 'audio' or 'latent'"):
@@ -60,23 +61,23 @@ def test_validate_lists_every_bad_field():
 
 
 def test_resume_differences_ignore_logging_but_not_model():
-  a = config_lib.to_dict(audio_jepa.get_config("demo"))
+  a = fields.to_dict(audio_jepa.get_config("demo"))
   b = audio_jepa.get_config("demo")
   b.train.log_every = 7
   b.mesh.data = 2
-  assert config_lib.resume_differences(a, config_lib.to_dict(b)) == []
+  assert fields.resume_differences(a, fields.to_dict(b)) == []
   b.predictor.depth = 9
-  assert config_lib.resume_differences(a, config_lib.to_dict(b)) == [
+  assert fields.resume_differences(a, fields.to_dict(b)) == [
       "predictor.depth: 3 in the workdir, 9 now"]
 
 
 def test_runs_saved_before_a_field_existed_resume_with_its_old_behaviour():
-  saved = config_lib.to_dict(audio_jepa.get_config("demo"))
+  saved = fields.to_dict(audio_jepa.get_config("demo"))
   del saved["data"]["exclude_classes"]  # as written before the field was added
   current = audio_jepa.get_config("demo")
-  assert config_lib.resume_differences(saved, config_lib.to_dict(current)) == []
+  assert fields.resume_differences(saved, fields.to_dict(current)) == []
   current.data.exclude_classes = "pitch:110-156Hz"
-  assert config_lib.resume_differences(saved, config_lib.to_dict(current)) == [
+  assert fields.resume_differences(saved, fields.to_dict(current)) == [
       "data.exclude_classes: '' in the workdir, 'pitch:110-156Hz' now"]
 
 
@@ -129,7 +130,7 @@ def test_table3_cells_are_one_override_each(strategy, domain):
   from jepa_jax import objectives
   c = audio_jepa.get_config("demo")
   c.mask.strategy, c.jepa.target_domain = strategy, domain
-  config_lib.validate(c)
+  validation.validate(c)
   objective = objectives.build(c, total_steps=100)
   params = jax.eval_shape(lambda: nn.unbox(objective.init(jax.random.key(0))))
   batch = {"mel": jax.ShapeDtypeStruct((2, 80, 208), jnp.float32)}

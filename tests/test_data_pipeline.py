@@ -318,12 +318,13 @@ def test_held_out_classes_are_never_read(tmp_path):
 def test_exclude_classes_config_resolves_names_and_counts_the_rest(tmp_path):
   from tiny import tiny_config
 
-  from jepa_jax import config_lib, datasets
-  assert config_lib.parse_classes("pitch: low, top ;source:c") == {
+  from jepa_jax.config import fields, validation
+  from jepa_jax.training import datasets
+  assert fields.parse_classes("pitch: low, top ;source:c") == {
       "pitch": ("low", "top"), "source": ("c",)}
   for bad in ("pitch", "pitch:", ":low", "pitch:low;pitch:top"):
-    with pytest.raises(config_lib.ConfigError):
-      config_lib.parse_classes(bad)
+    with pytest.raises(fields.ConfigError):
+      fields.parse_classes(bad)
   config = tiny_config()
   config.data.dir = str(_labelled_shards(tmp_path / "labelled"))
   config.data.exclude_classes = "pitch:low,top"
@@ -336,5 +337,5 @@ def test_exclude_classes_config_resolves_names_and_counts_the_rest(tmp_path):
     with pytest.raises(datasets.DataError, match=message):
       datasets.resolve(config)
   config.data.exclude_classes = "pitch"
-  with pytest.raises(config_lib.ConfigError, match="data.exclude_classes: classes are written"):
-    config_lib.validate(config)
+  with pytest.raises(fields.ConfigError, match="data.exclude_classes: classes are written"):
+    validation.validate(config)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jepa_jax import ema, optim
+from jepa_jax.optim import ema, optimizer
 
 
 def test_ema_target_follows_the_explicit_formula():
@@ -50,7 +50,7 @@ def _optim(**kw):
 
 def test_learning_rate_warmup_then_cosine():
   total, warmup, batch = 1000, 100, 2048
-  lr = optim.learning_rate_schedule(_optim(), batch, total, warmup)
+  lr = optimizer.learning_rate_schedule(_optim(), batch, total, warmup)
   peak = 3e-4 * 2048 / 256
   assert peak == pytest.approx(2.4e-3)
   for step in (0, 50, 100):
@@ -58,7 +58,7 @@ def test_learning_rate_warmup_then_cosine():
   for step in (300, 550, 1000):
     cosine = 0.5 * peak * (1 + np.cos(np.pi * (step - warmup) / (total - warmup)))
     assert float(lr(step)) == pytest.approx(cosine, rel=1e-4, abs=1e-9)
-  floor = optim.learning_rate_schedule(_optim(end_lr_ratio=0.1), batch, total, warmup)
+  floor = optimizer.learning_rate_schedule(_optim(end_lr_ratio=0.1), batch, total, warmup)
   assert float(floor(total)) == pytest.approx(0.1 * peak, rel=1e-5)
 
 
@@ -67,7 +67,7 @@ def test_weight_decay_mask_only_kernels():
                         "transformer": {"block_0": {"norm1": {"scale": 3, "bias": 4},
                                                     "attn": {"qkv": {"kernel": 5, "bias": 6}}}}},
             "predictor": {"mask_token": 7, "embed": {"kernel": 8, "bias": 9}}}
-  mask = optim.weight_decay_mask(params)
+  mask = optimizer.weight_decay_mask(params)
   assert mask == {"encoder": {"patch_embed": {"kernel": True, "bias": False},
                               "transformer": {"block_0": {"norm1": {"scale": False, "bias": False},
                                                           "attn": {"qkv": {"kernel": True,
@@ -76,7 +76,7 @@ def test_weight_decay_mask_only_kernels():
 
 
 def test_adamw_decays_kernels_but_not_biases_norms_or_mask_token():
-  tx, schedules = optim.make_optimizer(_optim(clip_norm=0.0), None, 256, 10, 0, None)
+  tx, schedules = optimizer.make_optimizer(_optim(clip_norm=0.0), None, 256, 10, 0, None)
   assert set(schedules) == {"lr"}
   params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
             "mask_token": jnp.ones((1, 1, 2))}

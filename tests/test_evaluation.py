@@ -12,7 +12,9 @@ from tiny import tiny_config
 
 from data_pipelines import frontends
 from data_pipelines import tasks as tasks_lib
-from jepa_jax import embed, evaluate, export, fewshot, knn, models, scores, task_data
+from jepa_jax import embed, evaluate, export, models
+from jepa_jax.config import shapes
+from jepa_jax.evaluation import embeddings, fewshot, knn, scores, suite, task_data
 
 RATE = 16000
 
@@ -233,7 +235,7 @@ def random_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
   config = tiny_config()
   config.finetune.update(epochs=2, warmup_epochs=0.5, seeds=1, batch_size=16)
-  encoder = models.build_encoder(config)
+  encoder = models.build_encoder(config, shapes.grid(config))
   params = nn.unbox(models.init_encoder(encoder, jax.random.key(7)))
   meta = {"frontend": frontends.get_frontend(config.data.frontend).to_dict(),
           "normalization": {"mean": -5.0, "std": 4.0}, "frames": config.data.frames}
@@ -244,23 +246,23 @@ def random_run(tmp_path_factory):
 def test_embeddings_are_cached_and_recomputed_when_the_task_changes(random_run, tmp_path,
                                                                     monkeypatch):
   folder = make_tone_task(tmp_path / "t", per_class=4)
-  _, meta, sets = embed.load_feature_sets(random_run, ("trained", embed.MEAN_LOGMEL))
-  (task, x), = embed.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
-  assert x["trained"].shape == (20, 5 * 32) and x[embed.MEAN_LOGMEL].shape == (20, 80)
-  paths = [embed.cache_path(random_run, task, fs, meta, "concat") for fs in sets]
+  _, meta, sets = embeddings.load_feature_sets(random_run, ("trained", embeddings.MEAN_LOGMEL))
+  (task, x), = embeddings.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
+  assert x["trained"].shape == (20, 5 * 32) and x[embeddings.MEAN_LOGMEL].shape == (20, 80)
+  paths = [embeddings.cache_path(random_run, task, fs, meta, "concat") for fs in sets]
   assert all(p.is_file() for p in paths)
 
   def no_audio(*args, **kwargs):
     raise AssertionError("the cache should have answered")
   monkeypatch.setattr(task_data, "load_mels", no_audio)
-  (_, again), = embed.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
+  (_, again), = embeddings.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
   np.testing.assert_array_equal(again["trained"], x["trained"])
   monkeypatch.undo()
-  (_, mean), = embed.embed_tasks(random_run, [folder], sets[:1], meta, freq_pool="mean",
+  (_, mean), = embeddings.embed_tasks(random_run, [folder], sets[:1], meta, freq_pool="mean",
                                  chunk_batch=8)
   assert mean["trained"].shape == (20, 32)
   (folder / "task.json").write_text(json.dumps({"unit_sec": 0.5}))
-  task2, cut = embed.embed_tasks(random_run, [folder], sets[:1], meta, chunk_batch=8)[0]
+  task2, cut = embeddings.embed_tasks(random_run, [folder], sets[:1], meta, chunk_batch=8)[0]
   assert task2.fingerprint != task.fingerprint and not np.allclose(cut["trained"], x["trained"])
 
 
@@ -274,13 +276,13 @@ def test_clips_shared_by_tasks_are_encoded_once(random_run, tmp_path, monkeypatc
     os.link(row.path, b / "audio" / row.path.name)  # same files, other labels
     rows.append(tasks_lib.TaskRow(b / "audio" / row.path.name, ("x",), split=row.split))
   tasks_lib.write_task(b, rows)
-  _, meta, sets = embed.load_feature_sets(random_run)
+  _, meta, sets = embeddings.load_feature_sets(random_run)
   encoded = []
-  real = embed.features.clip_embeddings
-  monkeypatch.setattr(embed.features, "clip_embeddings",
+  real = embeddings.features.clip_embeddings
+  monkeypatch.setattr(embeddings.features, "clip_embeddings",
                       lambda enc, p, mels, *a, **k: encoded.append(len(mels)) or
                       real(enc, p, mels, *a, **k))
-  (_, xa), (_, xb) = embed.embed_tasks(random_run, [a, b], sets, meta, chunk_batch=8,
+  (_, xa), (_, xb) = embeddings.embed_tasks(random_run, [a, b], sets, meta, chunk_batch=8,
                                        cache=False)
   assert encoded == [15]
   np.testing.assert_array_equal(xa["trained"], xb["trained"])
@@ -319,7 +321,7 @@ def test_fewshot_on_held_out_classes_against_the_run_it_started_from(random_run,
   _, _, params, meta = export.load_encoder(random_run / "export")
   tuned = tmp_path / "tuned"
   start = tmp_path / "start"
-  start_params = nn.unbox(models.init_encoder(models.build_encoder(config), jax.random.key(9)))
+  start_params = nn.unbox(models.init_encoder(models.build_encoder(config, shapes.grid(config)), jax.random.key(9)))
   export.export_encoder(start / "export", config, start_params, meta)
   # Six classes: every other f4 clip relabelled f5 (20 clips each); f4 is not held out.
   folder = make_tone_task(tmp_path / "tones", per_class=40)
@@ -328,13 +330,13 @@ def test_fewshot_on_held_out_classes_against_the_run_it_started_from(random_run,
                                 and k % 2 else r for k, r in enumerate(rows)])
   config.data.exclude_classes = "tones:f0,f1,f2,f3,f5"
   export.export_encoder(tuned / "export", config, jax.tree.map(lambda p: p * 1.5, params), meta)
-  got = evaluate.evaluate(tuned, [folder], ("fewshot",), ("trained", str(start)),
+  got = suite.evaluate(tuned, [folder], ("fewshot",), ("trained", str(start)),
                           fewshot_classes_spec="held_out")["tones"]["fewshot"]
   assert set(got) == {"trained", "start", "trained - start"}
   assert all(r["classes"] == ["f0", "f1", "f2", "f3", "f5"] for r in got.values())
   # The same as episodes drawn by hand among those five (never f4).
-  _, _, sets = embed.load_feature_sets(tuned)
-  (task, x), = embed.embed_tasks(tuned, [folder], sets, meta, chunk_batch=16)
+  _, _, sets = embeddings.load_feature_sets(tuned)
+  (task, x), = embeddings.embed_tasks(tuned, [folder], sets, meta, chunk_batch=16)
   kept = np.array([task.label_names.index(c) for c in ("f0", "f1", "f2", "f3", "f5")])
   assert task.label_names.index("f4") not in kept
   assert got["trained"]["scores"]["accuracy_1shot"] == fewshot.fewshot(
@@ -345,18 +347,18 @@ def test_fewshot_on_held_out_classes_against_the_run_it_started_from(random_run,
     assert s["ci95"] > 0 and s["episodes"] == 600
   assert "| tones | fewshot | accuracy_1shot |" in (tuned / "eval" / "results.md").read_text()
   with pytest.raises(ValueError, match="held no classes out"):
-    evaluate.evaluate(random_run, [folder], ("fewshot",), fewshot_classes_spec="held_out")
+    suite.evaluate(random_run, [folder], ("fewshot",), fewshot_classes_spec="held_out")
   with pytest.raises(ValueError, match="task tones has no class 'f9'"):
-    evaluate.evaluate(tuned, [folder], ("fewshot",), fewshot_classes_spec="tones:f9")
+    suite.evaluate(tuned, [folder], ("fewshot",), fewshot_classes_spec="tones:f9")
   with pytest.raises(ValueError, match="other inputs than"):
     other_meta = {**meta, "frames": meta["frames"] * 2}
     export.export_encoder(tmp_path / "wide" / "export", config, params, other_meta)
-    embed.load_feature_sets(tuned, ("trained", str(tmp_path / "wide")))
+    embeddings.load_feature_sets(tuned, ("trained", str(tmp_path / "wide")))
 
 
 def test_multilabel_task_reports_map_and_d_prime(random_run, tmp_path):
   folder = make_tone_task(tmp_path / "multi", per_class=12, multilabel=True)
-  results = evaluate.evaluate(random_run, [folder], ("linear", "knn"), ("mean_logmel",))
+  results = suite.evaluate(random_run, [folder], ("linear", "knn"), ("mean_logmel",))
   for protocol in ("linear", "knn"):
     got = results["multi"][protocol]["mean_logmel"]["scores"]
     # Chance mAP is the class prevalence (~0.3 here); the tiny probe budget stops short.

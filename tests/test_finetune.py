@@ -10,7 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from jepa_jax import config_lib, finetune, layerwise, models, task_data, vit
+from jepa_jax import models
+from jepa_jax.config import fields, shapes, validation
+from jepa_jax.evaluation import finetune, task_data
+from jepa_jax.models import attention, vit
+from jepa_jax.optim import layerwise
 from tests.tiny import tiny_config
 
 FRONTEND_META = {"frontend": {"name": "audio_jepa"},
@@ -22,7 +26,7 @@ def _tokens(shape, seed=0):
 
 
 # One compile per shape instead of one per operation.
-_key_masks = jax.jit(vit.regularised_key_masks, static_argnums=(1, 2, 3))
+_key_masks = jax.jit(attention.regularised_key_masks, static_argnums=(1, 2, 3))
 
 
 def _params(module, *args, seed=0):
@@ -64,7 +68,7 @@ def test_regularised_masks_drop_floor_rate_times_valid_keys_differently_per_laye
   masks = np.asarray(_masks(2, rate=0.99))
   np.testing.assert_array_equal((masks & np.asarray(VALID)[None]).sum(-1), np.ones((4, 2)))
   # Without `valid` every token counts.
-  masks = np.asarray(vit.regularised_key_masks(jax.random.key(3), 2, 3, 20, 0.25))
+  masks = np.asarray(attention.regularised_key_masks(jax.random.key(3), 2, 3, 20, 0.25))
   np.testing.assert_array_equal(masks.sum(-1), np.full((2, 3), 15))
 
 
@@ -78,7 +82,7 @@ def test_regularised_masks_choose_keys_uniformly():
 
 
 def test_a_dropped_key_gets_no_attention_but_its_query_still_attends():
-  attn = vit.Attention(num_heads=2)
+  attn = attention.Attention(num_heads=2)
   x = _tokens((2, 6, 16))
   params = _params(attn, x)
   mask = _masks(4)[0]
@@ -125,7 +129,7 @@ def test_scanned_and_unrolled_stacks_apply_the_same_layer_masks():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert not np.allclose(run(params, masks[::-1]), want, atol=1e-4)  # order matters
   # Shifted windows scan in (unshifted, shifted) pairs: mask i still reaches block i.
-  windows = vit.Windows((2, 3), (1, 3), (0, 1))
+  windows = attention.Windows((2, 3), (1, 3), (0, 1))
   stack = lambda **s: vit.Transformer(depth=DEPTH, num_heads=2, mlp_dim=32,  # noqa: E731
                                       windows=windows, **s)
   params = _params(stack(), x)
@@ -140,7 +144,7 @@ def test_scanned_and_unrolled_stacks_apply_the_same_layer_masks():
 def _encoder(depth=1, **model):
   c = tiny_config()
   c.model.update(depth=depth, **model)
-  enc = models.build_encoder(c)
+  enc = models.build_encoder(c, shapes.grid(c))
   n = enc.grid[0] * enc.grid[1]
   return enc, _params(enc, jnp.zeros((1, n, 256)))
 
@@ -205,7 +209,7 @@ def test_token_dropping_keeps_whole_rows_and_columns():
 def test_train_step_drops_tokens_and_asks_for_one_mask_per_layer(monkeypatch):
   enc, enc_params = _encoder(depth=2)
   calls = []
-  real = vit.regularised_key_masks
+  real = attention.regularised_key_masks
 
   def spy(rng, depth, batch, tokens, rate, valid=None):
     calls.append((depth, batch, tokens, rate))
@@ -349,9 +353,9 @@ def test_multilabel_finetuning_with_mixup_and_balanced_sampling():
 
 
 def test_bad_settings_are_clear_config_errors():
-  with pytest.raises(config_lib.ConfigError, match="unknown field.* epoch;"):
+  with pytest.raises(fields.ConfigError, match="unknown field.* epoch;"):
     finetune.settings_of({"epoch": 3})
-  with pytest.raises(config_lib.ConfigError) as err:
+  with pytest.raises(fields.ConfigError) as err:
     finetune.settings_of(dict(epochs=0, rm_rate=1.0, drop_time=-0.1, balanced_sampling="yes",
                               layer_decay=0.0, batch_size=2.5, mixup=-1))
   for message in ("finetune.epochs must be an integer >= 1, got 0",
@@ -361,16 +365,16 @@ def test_bad_settings_are_clear_config_errors():
                   "integer", "finetune.mixup is the Beta"):
     assert message in str(err.value)
   c = tiny_config()
-  config_lib.validate(c)
+  validation.validate(c)
   assert c.finetune.rm_rate == 0.1 and c.finetune.layer_decay == 0.75
   c.finetune.warmup_epochs = 30.0
-  with pytest.raises(config_lib.ConfigError, match="finetune.warmup_epochs must be in"):
-    config_lib.validate(c)
+  with pytest.raises(fields.ConfigError, match="finetune.warmup_epochs must be in"):
+    validation.validate(c)
   # A run resumes whatever its fine-tuning settings.
   now = tiny_config()
   now.finetune.epochs = 3
-  assert config_lib.resume_differences(config_lib.to_dict(tiny_config()),
-                                       config_lib.to_dict(now)) == []
+  assert fields.resume_differences(fields.to_dict(tiny_config()),
+                                       fields.to_dict(now)) == []
   enc, params = _encoder()
   task, mels = _task(n_per=2)
   with pytest.raises(ValueError, match="does not match the encoder"):

@@ -1,4 +1,4 @@
-"""Gradient accumulation (train.micro_batches) equals one step on the whole batch; bf16
+"""Gradient accumulation (loop.micro_batches) equals one step on the whole batch; bf16
 compute keeps parameters and loss in float32; the attention backend comes from the config,
 and cuDNN gets inputs it accepts."""
 import functools
@@ -10,7 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from jepa_jax import config_lib, ema, models, objectives, optim, train, vit
+from jepa_jax import models, objectives
+from jepa_jax.config import fields, shapes, validation
+from jepa_jax.models import attention
+from jepa_jax.objectives import initial
+from jepa_jax.optim import ema, optimizer
+from jepa_jax.training import loop, update
 from tests.tiny import tiny_config, tiny_mae_config, tiny_uamix_config
 
 N_MELS = 80  # the tiny configs' front end
@@ -43,14 +48,14 @@ class Regression:
 
 def _optimizer(config, objective):
   """The config's optimizer (AdamW, EMA where the objective has one) at its peak lr."""
-  return optim.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
+  return optimizer.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
                               total_steps=10, warmup_steps=0,
                               ema_subtree=objective.ema_subtree)
 
 
 def _step(objective, tx, schedules, k):
-  _, step_key = train.rngs(tiny_config())
-  return jax.jit(functools.partial(train.train_step, objective, tx, schedules, step_key,
+  _, step_key = initial.rngs(tiny_config())
+  return jax.jit(functools.partial(update.train_step, objective, tx, schedules, step_key,
                                    micro_batches=k))
 
 
@@ -86,7 +91,7 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-7):
 def test_micro_batches_give_the_whole_batch_step():
   objective, b = Regression(), 16
   tx, schedules = _optimizer(tiny_config(batch_size=b), objective)
-  state = train.init_state(objective, tx, jax.random.key(3))
+  state = update.init_state(objective, tx, jax.random.key(3))
   batch = _batch(b)
   whole_state, whole = _step(objective, tx, schedules, 1)(state, batch)
   for k in (2, 4):
@@ -110,7 +115,7 @@ def test_micro_batches_give_the_whole_batch_step():
     np.testing.assert_allclose(new_state["aux"]["trace"], trace)
   # k = 1 is the step without accumulation: no scan in it.
   jaxprs = {k: str(jax.make_jaxpr(functools.partial(
-      train.train_step, objective, tx, schedules, jax.random.key(0), micro_batches=k))(
+      update.train_step, objective, tx, schedules, jax.random.key(0), micro_batches=k))(
           state, batch)) for k in (1, 2)}
   assert "scan" not in jaxprs[1] and "scan" in jaxprs[2]
 
@@ -128,7 +133,7 @@ def test_mae_gradient_is_the_mean_of_its_micro_batch_gradients():
   batch = _batch(8)
   new_state, metrics = _step(objective, tx, schedules, 2)(state, batch)
 
-  rng = jax.random.fold_in(train.rngs(tiny_config())[1], 0)
+  rng = jax.random.fold_in(initial.rngs(tiny_config())[1], 0)
   grad_fn = jax.jit(jax.value_and_grad(objective.loss, has_aux=True))
   aux, losses, grads = state["aux"], [], []
   for i in range(2):
@@ -158,7 +163,7 @@ def test_uamix_queue_threads_through_the_micro_batches():
   config = tiny_uamix_config(batch_size=8, micro_batches=2)
   objective = objectives.build(config)
   tx, schedules = _optimizer(config, objective)
-  state = jax.eval_shape(lambda r: nn.unbox(train.init_state(objective, tx, r)),
+  state = jax.eval_shape(lambda r: nn.unbox(update.init_state(objective, tx, r)),
                          jax.random.key(0))
   new_state, _ = jax.eval_shape(_step(objective, tx, schedules, 2), state, _batch(8))
   assert jax.tree.map(lambda x: (x.shape, x.dtype), new_state["aux"]) == \
@@ -167,18 +172,18 @@ def test_uamix_queue_threads_through_the_micro_batches():
 
 def test_micro_batch_config_errors(tmp_path):
   for bad in (0, -2, 3):
-    with pytest.raises(config_lib.ConfigError,
-                       match="train.micro_batches must be an integer >= 1 dividing "
-                             "train.batch_size 8"):
-      config_lib.validate(tiny_config(micro_batches=bad))
+    with pytest.raises(fields.ConfigError,
+                       match="loop.micro_batches must be an integer >= 1 dividing "
+                             "loop.batch_size 8"):
+      validation.validate(tiny_config(micro_batches=bad))
   # 8 examples in micro-batches of 2 cannot split over the 8 simulated devices.
-  with pytest.raises(config_lib.ConfigError, match="= 2 examples must divide over the 8 "
+  with pytest.raises(fields.ConfigError, match="= 2 examples must divide over the 8 "
                                                    "data x fsdp devices"):
-    train.train(tiny_config(micro_batches=4), tmp_path)
+    loop.train(tiny_config(micro_batches=4), tmp_path)
 
 
 def test_train_loop_runs_with_micro_batches(tmp_path):
-  result = train.train(tiny_config(batch_size=16, micro_batches=2), tmp_path)
+  result = loop.train(tiny_config(batch_size=16, micro_batches=2), tmp_path)
   assert (result.step, result.total_steps, result.interrupted) == (3, 3, False)
   for name in ("loss", "grad_norm", "target_feature_std"):
     assert np.isfinite(result.last_metrics[name])
@@ -241,7 +246,7 @@ def test_attention_impl_reaches_dot_product_attention(monkeypatch):
     return real(*args, implementation=implementation, **kwargs)
 
   monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
-  encoder = models.build_encoder(tiny_config())
+  encoder = models.build_encoder(tiny_config(), shapes.grid(tiny_config()))
   params = _random_params(functools.partial(models.init_encoder, encoder))
   n = encoder.grid[0] * encoder.grid[1]
   tokens = jax.random.normal(jax.random.key(1), (2, n, 16 * 16))
@@ -249,7 +254,7 @@ def test_attention_impl_reaches_dot_product_attention(monkeypatch):
   for impl in ("", "xla"):
     config = tiny_config()
     config.model.attention_impl = impl
-    encoder = models.build_encoder(config)
+    encoder = models.build_encoder(config, shapes.grid(config))
     seen.clear()
     outputs[impl] = jax.jit(encoder.apply)({"params": params}, tokens)
     assert seen == [impl or None] * config.model.depth
@@ -261,8 +266,8 @@ def test_cudnn_attention_needs_a_gpu_and_bfloat16():
     pytest.skip("cuDNN attention is valid on a GPU")
   config = tiny_config()
   config.model.attention_impl = "cudnn"
-  with pytest.raises(config_lib.ConfigError) as err:
-    config_lib.validate(config)
+  with pytest.raises(fields.ConfigError) as err:
+    validation.validate(config)
   message = str(err.value)
   assert f"model.attention_impl 'cudnn' needs a GPU, but jax's backend is " \
          f"'{jax.default_backend()}'" in message
@@ -276,8 +281,8 @@ def test_cudnn_attention_gets_an_even_length_and_a_whole_mask(monkeypatch, mask_
   q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 7, 2, 8))
   mask = None if mask_shape is None else \
       jax.random.uniform(jax.random.key(1), mask_shape) > 0.3
-  attention = jax.jit(vit.masked_attention, static_argnums=4)
-  expected = attention(q, k, v, mask, None)
+  attend = jax.jit(attention.masked_attention, static_argnums=4)
+  expected = attend(q, k, v, mask, None)
   real, given = jax.nn.dot_product_attention, []
 
   def as_xla(q, k, v, mask=None, implementation=None):
@@ -285,6 +290,6 @@ def test_cudnn_attention_gets_an_even_length_and_a_whole_mask(monkeypatch, mask_
     return real(q, k, v, mask=mask)
 
   monkeypatch.setattr(jax.nn, "dot_product_attention", as_xla)
-  np.testing.assert_allclose(attention(q, k, v, mask, "cudnn"), expected,
+  np.testing.assert_allclose(attend(q, k, v, mask, "cudnn"), expected,
                              rtol=1e-6, atol=1e-6)
   assert given == [(8, (2, 1, 8, 8), "cudnn")]

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from data_pipelines import frontends
-from jepa_jax import export, features, hear, models, task_data
+from jepa_jax import export, hear, models
+from jepa_jax.config import shapes
+from jepa_jax.evaluation import features, task_data
 from tests.tiny import tiny_config
 
 SR = 16000
@@ -22,7 +24,7 @@ FIRST_MS = 75.0    # centre of frames 0..15 of the centred STFT: 7.5 frames
 def workdir(tmp_path_factory):
   """A training workdir holding only export/: the tiny Audio-JEPA encoder, random init."""
   config = tiny_config()
-  encoder = models.build_encoder(config)
+  encoder = models.build_encoder(config, shapes.grid(config))
   params = nn.unbox(models.init_encoder(encoder, jax.random.key(0)))
   frontend = frontends.get_frontend(config.data.frontend)
   meta = {"frontend": frontend.to_dict(), "frames": config.data.frames,

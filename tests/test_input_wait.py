@@ -3,7 +3,7 @@
 import json
 import time
 
-from jepa_jax import datasets, train
+from jepa_jax.training import datasets, loop
 from tests.tiny import tiny_config
 
 DELAY_S = 0.05  # added to every batch, so the count has a known floor
@@ -17,11 +17,11 @@ def test_input_wait_counts_a_slow_pipeline(monkeypatch, tmp_path):
     return b
 
   monkeypatch.setattr(datasets, "train_dataset", lambda *a: real(*a).map(slow))
-  result = train.train(tiny_config(checkpoint_every=100), tmp_path)
+  result = loop.train(tiny_config(checkpoint_every=100), tmp_path)
   assert result.step == 6
-  wait, loop = result.timings["input_wait"], result.timings["train"]
-  assert 6 * DELAY_S <= wait < loop
-  assert result.input_wait_fraction == wait / loop
+  wait, total = result.timings["input_wait"], result.timings["train"]
+  assert 6 * DELAY_S <= wait < total
+  assert result.input_wait_fraction == wait / total
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
   assert [row["step"] for row in logged] == [2, 4, 6]
   for row in logged:  # >= 2 x DELAY_S of the interval's 2 / steps_per_sec seconds

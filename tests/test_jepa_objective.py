@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import losses, masks, objectives, patches
-from jepa_jax.objectives import jepa
+from jepa_jax import masks, objectives
+from jepa_jax.models import patches
+from jepa_jax.objectives import jepa, losses
 from tests.tiny import tiny_config
 
 

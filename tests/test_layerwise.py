@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from jepa_jax import config_lib, layerwise, optim, vit
+from jepa_jax.config import fields, validation
+from jepa_jax.models import vit
+from jepa_jax.optim import layerwise, optimizer
 from tests.tiny import tiny_config
 
 DEPTH = 4
@@ -91,7 +93,7 @@ def _run(optim_config, params, steps=3, grads_fn=None, scan=False):
   """`steps` optimizer steps on random gradients (the same in either layout), the
   parameters stacked when `scan`; (final params, last updates), in the plain layout."""
   layout = vit.stack_layers if scan else lambda tree: tree
-  tx, _ = optim.make_optimizer(optim_config, None, 256, 100, 0, None)
+  tx, _ = optimizer.make_optimizer(optim_config, None, 256, 100, 0, None)
   params = layout(params)
   state = tx.init(params)
   for step in range(steps):
@@ -169,7 +171,7 @@ def test_defaults_leave_the_chain_as_it_was():
   del legacy["layer_decay"], legacy["frozen_layers"]  # configs saved before the fields
   _, updates = _run(config, params)
   _, legacy_updates = _run(legacy, params)
-  tx, _ = optim.make_optimizer(config, None, 256, 100, 0, None)
+  tx, _ = optimizer.make_optimizer(config, None, 256, 100, 0, None)
   assert len(tx.init(params)) == 1  # AdamW alone: no layer-wise transformation added
   jax.tree.map(np.testing.assert_array_equal, updates, legacy_updates)
   assert layerwise.transformations(1.0, 0) == ([], [])
@@ -189,9 +191,9 @@ def test_config_validation_of_layer_decay_and_frozen_layers():
   c = tiny_config()  # depth 1: layers 0, 1 and the final norm 2
   assert (c.optim.layer_decay, c.optim.frozen_layers) == (1.0, 0)
   c.optim.update(layer_decay=0.65, frozen_layers=3)
-  config_lib.validate(c)
+  validation.validate(c)
   c.optim.update(layer_decay=0.0, frozen_layers=4)
-  with pytest.raises(config_lib.ConfigError) as err:
-    config_lib.validate(c)
-  assert "optim.layer_decay must be in (0, 1]" in str(err.value)
-  assert "optim.frozen_layers must be an integer in [0, 3]" in str(err.value)
+  with pytest.raises(fields.ConfigError) as err:
+    validation.validate(c)
+  assert "optimizer.layer_decay must be in (0, 1]" in str(err.value)
+  assert "optimizer.frozen_layers must be an integer in [0, 3]" in str(err.value)

@@ -2,7 +2,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from jepa_jax import losses, monitors
+from jepa_jax.objectives import losses, monitors
 
 
 def test_smooth_l1_elementwise_hand_values():

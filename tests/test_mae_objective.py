@@ -6,13 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jepa_jax import config_lib, masks, objectives, patches
+from jepa_jax import masks, objectives
+from jepa_jax.config import validation
+from jepa_jax.models import patches
 from tests.tiny import tiny_mae_config
 
 
 def _setup():
   config = tiny_mae_config()
-  config_lib.validate(config)
+  validation.validate(config)
   objective = objectives.build(config)
   params = nn.unbox(objective.init(jax.random.key(0)))
   mel = jnp.asarray(np.random.default_rng(0).normal(size=(4, 80, 64)), jnp.float32)
@@ -112,7 +114,7 @@ def test_dasheng_input_batch_norm_feeds_the_encoder_and_the_target_is_taken_befo
 
 
 def test_folded_input_norm_is_the_evaluation_mode_batch_norm():
-  from jepa_jax import input_norm
+  from jepa_jax.models import input_norm
   module = input_norm.MelBatchNorm()
   rng = np.random.default_rng(5)
   variables = {
@@ -126,17 +128,18 @@ def test_folded_input_norm_is_the_evaluation_mode_batch_norm():
   got = x * np.asarray(folded["scale"])[:, None] + np.asarray(folded["shift"])[:, None]
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
   # Evaluation applies the exported transform after the scalar normalisation.
-  from jepa_jax import task_data
+  from jepa_jax.evaluation import task_data
   meta = {"normalization": {"mean": 2.0, "std": 4.0}, "input_norm": folded}
   np.testing.assert_allclose(
       task_data.normalize(x[0] * 4.0 + 2.0, meta), got[0], rtol=1e-5, atol=1e-5)
 
 
 def test_mae_run_trains_exports_its_input_norm_and_evaluates(tmp_path):
-  from jepa_jax import evaluate, train
+  from jepa_jax.evaluation import suite
+  from jepa_jax.training import loop
   config = tiny_mae_config(checkpoint_every=100)
   config.mae.input_norm = "batch_norm"
-  result = train.train(config, tmp_path)
+  result = loop.train(config, tmp_path)
   assert (result.step, result.interrupted) == (6, False)
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   for key in ("loss", "grad_norm", "encoder_feature_std", "encoder_effective_rank"):
@@ -145,5 +148,5 @@ def test_mae_run_trains_exports_its_input_norm_and_evaluates(tmp_path):
   meta = json.loads((tmp_path / "export" / "frontend.json").read_text())
   scale = np.asarray(meta["input_norm"]["scale"])
   assert scale.shape == (80,) and np.all(np.isfinite(scale)) and not np.allclose(scale, 1.0)
-  summary = evaluate.probe_workdir(tmp_path)
+  summary = suite.probe_workdir(tmp_path)
   assert 0 <= summary["probe_accuracy"] <= 1 and 0 <= summary["probe_accuracy_random_init"] <= 1

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import config_lib, main, predictor, vit
+from jepa_jax import main
+from jepa_jax.config import fields
+from jepa_jax.models import attention, predictor, vit
 from tests.tiny import ROOT, load_config_module
 
 PATCH_16 = 16 * 16  # values of a 16 x 16 patch (Audio-JEPA, A-JEPA, AudioMAE)
@@ -77,7 +79,7 @@ def test_vit_encoder_sizes_from_the_configs(size, depth, width, mlp, formula, fi
     ("dasheng_1.2b", 1_134_044_160, 1.134e9),
 ])
 def test_dasheng_encoder_sizes(size, formula, figure):
-  shape = config_lib.ENCODER_SIZES[size]
+  shape = fields.ENCODER_SIZES[size]
   encoder = vit.Encoder(grid=(1, DASHENG_TOKENS), patch_shape=DASHENG_PATCH,
                         positions="learned", scan=True, **shape)
   count = _abstract_count(encoder, jax.ShapeDtypeStruct((1, DASHENG_TOKENS, 256), jnp.float32))
@@ -97,7 +99,7 @@ def test_dasheng_config_sizes(variant, size, decoder, figure):
   """What --dry_run prints for configs/dasheng.py: learned positions in the encoder and
   the decoder (T + 1 rows each), decoder embed from the encoder width."""
   counts = main.parameter_counts(load_config_module("dasheng").get_config(variant))
-  e, h = config_lib.ENCODER_SIZES[size], config_lib.HEAD_SIZES[decoder]
+  e, h = fields.ENCODER_SIZES[size], fields.HEAD_SIZES[decoder]
   rows = DASHENG_TOKENS + 1
   assert counts["encoder"] == encoder_params(e["width"], e["depth"], e["mlp_dim"], 256, rows)
   assert _within(counts["encoder"], figure)
@@ -107,7 +109,7 @@ def test_dasheng_config_sizes(variant, size, decoder, figure):
 
 def _decoder(size: str, grid=(8, 64), **kw):
   return predictor.Predictor(grid=grid, out_dim=PATCH_16, full_grid=True,
-                             **config_lib.HEAD_SIZES[size], **kw)
+                             **fields.HEAD_SIZES[size], **kw)
 
 
 def _decoder_count(module, in_width: int) -> int:
@@ -123,7 +125,7 @@ def _decoder_count(module, in_width: int) -> int:
     ("dec_56m", 1536, 56e6),   # and this one to Dasheng-1.2B (1536)
 ])
 def test_mae_decoder_sizes(size, in_width, figure):
-  shape = config_lib.HEAD_SIZES[size]
+  shape = fields.HEAD_SIZES[size]
   d, depth, mlp = shape["width"], shape["depth"], shape["mlp_dim"]
   count = _decoder_count(_decoder(size), in_width)
   assert count == head_params(d, depth, mlp, in_width, PATCH_16)
@@ -148,13 +150,13 @@ def test_jepa_predictor_sizes(config_name, depth):
 
 
 def test_counts_do_not_depend_on_layer_scanning():
-  shape = config_lib.ENCODER_SIZES["vit_s"]
+  shape = fields.ENCODER_SIZES["vit_s"]
   patches = jax.ShapeDtypeStruct((1, 8 * 64, PATCH_16), jnp.float32)
   counts = {scan: _abstract_count(vit.Encoder(grid=(8, 64), patch_shape=(16, 16), scan=scan,
                                               **shape), patches) for scan in (False, True)}
   assert counts[False] == counts[True] == 21_393_024
   # A-JEPA's shifted-window predictor scans in pairs: still the same count.
-  pairs = {scan: _decoder_count(_decoder("ajepa", windows=vit.Windows((8, 64), (4, 4), (0, 2)),
+  pairs = {scan: _decoder_count(_decoder("ajepa", windows=attention.Windows((8, 64), (4, 4), (0, 2)),
                                          scan=scan), 768) for scan in (False, True)}
   assert pairs[False] == pairs[True] == head_params(512, 16, 2048, 768, PATCH_16)
 

@@ -16,7 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from jepa_jax import config_lib, datasets, distributed, export
+from jepa_jax import export
+from jepa_jax.config import validation
+from jepa_jax.parallel import distributed
+from jepa_jax.training import datasets
 from tests.tiny import ROOT, tiny_config
 
 NO_ENV: dict = {}
@@ -60,7 +63,7 @@ def test_initialize_arguments_from_config_then_environment_then_cluster(
     ({}, {**ALL_ENV, "JAX_NUM_PROCESSES": "two"}, "$JAX_NUM_PROCESSES='two' must be an integer"),
 ])
 def test_bad_distributed_settings_are_config_errors(fields, environ, fragment, monkeypatch):
-  with pytest.raises(config_lib.ConfigError, match="distributed|JAX_") as err:
+  with pytest.raises(fields.ConfigError, match="distributed|JAX_") as err:
     distributed.initialize_arguments(_settings(**fields), environ, False)
   assert fragment in str(err.value)
   for name in (*ALL_ENV, *SLURM_ENV):
@@ -69,12 +72,12 @@ def test_bad_distributed_settings_are_config_errors(fields, environ, fragment, m
     monkeypatch.setenv(name, value)
   config = tiny_config()
   config.distributed.update(fields)
-  with pytest.raises(config_lib.ConfigError) as err:
-    config_lib.validate(config)
+  with pytest.raises(fields.ConfigError) as err:
+    validation.validate(config)
   assert fragment in str(err.value)
   # Where a process runs is no reason to refuse resuming its workdir.
-  assert not config_lib.resume_differences(config_lib.to_dict(tiny_config()),
-                                           config_lib.to_dict(config))
+  assert not fields.resume_differences(fields.to_dict(tiny_config()),
+                                           fields.to_dict(config))
 
 
 def _free_port() -> int:
@@ -156,7 +159,7 @@ def _worker(workdir: str, record: str, stop_after: int) -> None:
   from absl import flags
   from jax.experimental import multihost_utils
 
-  from jepa_jax import train
+  from jepa_jax.training import loop
   flags.FLAGS.mark_as_parsed()  # orbax and Grain read absl flags
   config = tiny_config(checkpoint_every=2)
   distributed.initialize(config)
@@ -175,7 +178,7 @@ def _worker(workdir: str, record: str, stop_after: int) -> None:
     return array
 
   jax.make_array_from_process_local_data = recording
-  result = train.train(config, workdir)
+  result = loop.train(config, workdir)
   if distributed.is_primary() and not result.interrupted:
     # As main's probe does: process 0 alone reads the export, and no barrier in it waits
     # for the others (they wait below).

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jepa_jax import patches, positions
+from jepa_jax.models import patches, positions
 
 
 def test_sincos_1d_matches_formula():

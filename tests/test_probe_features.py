@@ -8,7 +8,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from jepa_jax import features, models, patches, probe, vit
+from jepa_jax import models
+from jepa_jax.evaluation import features, probe
+from jepa_jax.models import patches, vit
 
 
 def _blobs(n, d, classes, seed, spread=2.5):

@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import config_lib, mesh, models, objectives, vit
+from jepa_jax import models, objectives
+from jepa_jax.config import fields, shapes, validation
+from jepa_jax.models import attention, vit
+from jepa_jax.parallel import mesh
 from tests.tiny import load_config_module, tiny_config
 
 
@@ -70,7 +73,7 @@ def test_scanned_params_carry_the_layers_logical_name_mapped_to_no_mesh_axis():
   leaves = jax.tree.leaves(boxed["transformer"]["layers"],
                            is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   assert all(x.names[0] == "layers" and len(x.names) == x.value.ndim for x in leaves)
-  rules = mesh.rules(config_lib.base_config("jepa", "audio_jepa", 208))
+  rules = mesh.rules(fields.base_config("jepa", "audio_jepa", 208))
   assert nn.logical_to_mesh_axes(kernel.names, rules) == jax.sharding.PartitionSpec(
       None, "fsdp", "model")
 
@@ -109,12 +112,12 @@ def test_scanned_encoder_computes_the_unscanned_function():
 
 def _windowed(depth, shift=(0, 1), **kw):
   return vit.Transformer(depth=depth, num_heads=2, mlp_dim=32,
-                         windows=vit.Windows((2, 4), (2, 2), shift), **kw)
+                         windows=attention.Windows((2, 4), (2, 2), shift), **kw)
 
 
 def test_shifted_windows_scan_in_unshifted_shifted_pairs():
-  assert vit.scan_period(vit.Windows((2, 4), (2, 2), (0, 1))) == 2
-  assert vit.scan_period(vit.Windows((2, 4), (2, 2))) == 1
+  assert vit.scan_period(attention.Windows((2, 4), (2, 2), (0, 1))) == 2
+  assert vit.scan_period(attention.Windows((2, 4), (2, 2))) == 1
   assert vit.scan_period(None) == 1
   x = _tokens((2, 8, 16), 2)
   key_mask = jnp.array([[True] * 8, [True] * 5 + [False] * 3])
@@ -206,24 +209,24 @@ def test_config_fields_default_off_and_reach_the_modules():
   c = tiny_config()
   assert (c.model.scan_layers, c.model.remat) == (False, "none")
   assert (c.predictor.scan_layers, c.predictor.remat) == (False, "none")
-  enc = models.build_encoder(c)
+  enc = models.build_encoder(c, shapes.grid(c))
   assert (enc.scan, enc.remat) == (False, "none")
   _scan_everything(c)
-  config_lib.validate(c)
-  assert (models.build_encoder(c).scan, models.build_encoder(c).remat) == (True, "dots_saveable")
-  pred = models.build_predictor(c)
+  validation.validate(c)
+  assert (models.build_encoder(c, shapes.grid(c)).scan, models.build_encoder(c, shapes.grid(c)).remat) == (True, "dots_saveable")
+  pred = models.build_predictor(c, shapes.grid(c))
   assert (pred.scan, pred.remat) == (True, "dots_saveable")
   # A config saved before the fields existed builds the plain stack.
   del c.model["scan_layers"], c.model["remat"]
-  assert (models.build_encoder(c).scan, models.build_encoder(c).remat) == (False, "none")
+  assert (models.build_encoder(c, shapes.grid(c)).scan, models.build_encoder(c, shapes.grid(c)).remat) == (False, "none")
 
 
 def test_deep_sizes_turn_scanning_on():
   audiomae = load_config_module("audiomae")
   assert audiomae.get_config("size=vit_l").model.scan_layers is True
   assert audiomae.get_config("size=vit_b").model.scan_layers is False
-  c = config_lib.base_config("jepa", "audio_jepa", 208)
-  config_lib.set_encoder_size(c, "dasheng_1.2b")
+  c = fields.base_config("jepa", "audio_jepa", 208)
+  fields.set_encoder_size(c, "dasheng_1.2b")
   assert c.model.scan_layers is True
 
 
@@ -231,25 +234,25 @@ def test_validate_names_bad_remat_and_odd_scanned_shifted_window_depth():
   c = load_config_module("ajepa").get_config("demo")  # local windows shifted on odd blocks
   c.model.remat = "everything"
   c.predictor.update(scan_layers=True, depth=3)
-  with pytest.raises(config_lib.ConfigError) as err:
-    config_lib.validate(c)
+  with pytest.raises(fields.ConfigError) as err:
+    validation.validate(c)
   assert "model.remat must be one of" in str(err.value)
   assert "predictor.scan_layers scans shifted-window blocks" in str(err.value)
   assert "predictor.depth must be even, got 3" in str(err.value)
   c.model.remat, c.predictor.depth = "full", 4
-  config_lib.validate(c)
+  validation.validate(c)
   del c.model["scan_layers"]  # a config file may set any type where the default is absent
   c.model.scan_layers = 1
-  with pytest.raises(config_lib.ConfigError, match="model.scan_layers must be True or False"):
-    config_lib.validate(c)
+  with pytest.raises(fields.ConfigError, match="model.scan_layers must be True or False"):
+    validation.validate(c)
 
 
 def test_remat_may_change_on_resume_but_scanning_may_not():
-  saved = config_lib.to_dict(tiny_config())
+  saved = fields.to_dict(tiny_config())
   now = tiny_config()
   now.model.remat = "full"
   now.predictor.remat = "dots_saveable"
-  assert config_lib.resume_differences(saved, config_lib.to_dict(now)) == []
+  assert fields.resume_differences(saved, fields.to_dict(now)) == []
   now.model.scan_layers = True
-  assert config_lib.resume_differences(saved, config_lib.to_dict(now)) == [
+  assert fields.resume_differences(saved, fields.to_dict(now)) == [
       "model.scan_layers: False in the workdir, True now"]

@@ -10,8 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, config_lib, datasets, objectives, optim, train
-from jepa_jax import mesh as mesh_lib
+from jepa_jax import objectives
+from jepa_jax.config import fields, validation
+from jepa_jax.objectives import initial
+from jepa_jax.optim import optimizer
+from jepa_jax.parallel import mesh as mesh_lib
+from jepa_jax.training import checkpoint, datasets, loop, update
 from tests.tiny import load_config_module, tiny_config
 
 # name: (mesh sizes, devices). The tiny widths (32 and 16) and heads (2) divide these axes.
@@ -32,7 +36,7 @@ TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 @dataclasses.dataclass
 class Setup:
   dataset: object  # the Grain training dataset of the tiny corpus
-  compiled: train.CompiledStep
+  compiled: update.CompiledStep
 
 
 def _mesh(name: str) -> jax.sharding.Mesh:
@@ -42,17 +46,17 @@ def _mesh(name: str) -> jax.sharding.Mesh:
 
 @functools.cache
 def _setup(mesh_name: str) -> Setup:
-  """The tiny Audio-JEPA's train step compiled on one of MESHES, as `train.train` builds it
+  """The tiny Audio-JEPA's train step compiled on one of MESHES, as `loop.train` builds it
   (each compile costs about 15 s of CPU)."""
   config = tiny_config()
   config.mesh.update(MESHES[mesh_name][0])
   data = datasets.resolve(config)
-  total, warmup = train.schedule_steps(config, data.num_examples)
+  total, warmup = update.schedule_steps(config, data.num_examples)
   objective = objectives.build(config, total)
-  tx, schedules = optim.make_optimizer(config.optim, config.get("ema"),
+  tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"),
                                        config.train.batch_size, total, warmup,
                                        objective.ema_subtree)
-  compiled = train.compile_step(config, objective, tx, schedules, _mesh(mesh_name),
+  compiled = update.compile_step(config, objective, tx, schedules, _mesh(mesh_name),
                                 data.metadata["frontend"]["n_mels"], monitors=False)
   return Setup(datasets.train_dataset(config, data), compiled)
 
@@ -113,10 +117,10 @@ def test_fsdp_holds_an_eighth_of_parameters_and_optimizer_state_per_device():
 def _abstract_state(config, mesh):
   """The boxed abstract train state of a config and its shardings on `mesh` (no compile)."""
   objective = objectives.build(config)
-  tx, _ = optim.make_optimizer(config.optim, config.get("ema"), config.train.batch_size, 10, 1,
+  tx, _ = optimizer.make_optimizer(config.optim, config.get("ema"), config.train.batch_size, 10, 1,
                                objective.ema_subtree)
-  boxed = jax.eval_shape(functools.partial(train.init_state, objective, tx),
-                         train.rngs(config)[0])
+  boxed = jax.eval_shape(functools.partial(update.init_state, objective, tx),
+                         initial.rngs(config)[0])
   shardings = mesh_lib.state_shardings(boxed, mesh, mesh_lib.rules(config))
   return mesh_lib.strip_boxes(boxed), shardings
 
@@ -198,7 +202,7 @@ def test_a_kernel_left_replicated_under_fsdp_is_reported(capsys):
              "mesh data=1 fsdp=8 model=1" in line and "config.sharding_rules" in line
              for line in lines)
   check.fail = True
-  with pytest.raises(config_lib.ConfigError, match=f"sharding_check: {len(found)} leaves.*"
+  with pytest.raises(fields.ConfigError, match=f"sharding_check: {len(found)} leaves.*"
                      r"replicated_mib=0.5 MiB.*fsdp=8.*sharding_rules.*fail=False"):
     mesh_lib.check_replicated(check, state, shardings, mesh)
 
@@ -215,9 +219,9 @@ def test_train_stops_at_start_up_when_the_check_fails(tmp_path, monkeypatch):
     return types.SimpleNamespace(
         abstract_state=checkpoint.abstract_with_shardings(state, shardings), shardings=shardings)
 
-  monkeypatch.setattr(train, "compile_step", uncompiled)
-  with pytest.raises(config_lib.ConfigError, match="params/encoder/patch_embed/kernel"):
-    train.train(config, tmp_path)
+  monkeypatch.setattr(update, "compile_step", uncompiled)
+  with pytest.raises(fields.ConfigError, match="params/encoder/patch_embed/kernel"):
+    loop.train(config, tmp_path)
   assert list(tmp_path.iterdir()) == []
 
 
@@ -226,15 +230,15 @@ def test_rules_and_the_check_may_change_when_a_run_resumes():
   current = tiny_config()
   current.sharding_rules = NO_FSDP_RULES
   current.sharding_check.fail = True
-  assert config_lib.resume_differences(config_lib.to_dict(tiny_config()),
-                                       config_lib.to_dict(current)) == []
+  assert fields.resume_differences(fields.to_dict(tiny_config()),
+                                       fields.to_dict(current)) == []
 
 
 def test_a_negative_threshold_is_a_config_error():
   config = tiny_config()
   config.sharding_check.replicated_mib = -1.0
-  with pytest.raises(config_lib.ConfigError, match="sharding_check.replicated_mib must be >= 0"):
-    config_lib.validate(config)
+  with pytest.raises(fields.ConfigError, match="sharding_check.replicated_mib must be >= 0"):
+    validation.validate(config)
 
 
 def test_make_mesh_on_a_subset_of_devices():

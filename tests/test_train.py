@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, evaluate, export, train
+from jepa_jax import export
+from jepa_jax.evaluation import suite
 from jepa_jax.objectives import jepa
+from jepa_jax.training import checkpoint, loop
 from tests.tiny import tiny_config
 
 
@@ -41,7 +43,7 @@ def finished_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   mp = pytest.MonkeyPatch()
   spy = BatchSpy(mp)
-  result = train.train(tiny_config(checkpoint_every=100), workdir)
+  result = loop.train(tiny_config(checkpoint_every=100), workdir)
   mp.undo()
   return workdir, result, spy.batches
 
@@ -62,12 +64,12 @@ def test_run_finishes_logs_and_exports(finished_run):
 def test_interrupted_and_resumed_run_is_bitwise_identical(finished_run, tmp_path, monkeypatch):
   reference_dir, _, reference_batches = finished_run
   spy = BatchSpy(monkeypatch, stop_after=4)
-  first = train.train(tiny_config(checkpoint_every=100), tmp_path)
+  first = loop.train(tiny_config(checkpoint_every=100), tmp_path)
   assert first.interrupted and first.step == 4
   assert checkpoint.Checkpointer(tmp_path / "checkpoints", 2).latest_step() == 4
   assert not (tmp_path / "export").exists()
   spy.stop_after = None
-  second = train.train(tiny_config(checkpoint_every=100), tmp_path)
+  second = loop.train(tiny_config(checkpoint_every=100), tmp_path)
   assert not second.interrupted and second.step == 6
   assert len(spy.batches) == 6
   for a, b in zip(spy.batches, reference_batches):
@@ -82,8 +84,8 @@ def test_incompatible_workdir_is_refused_and_left_untouched(finished_run):
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
   config = tiny_config(checkpoint_every=100)
   config.model.width = 64
-  with pytest.raises(train.IncompatibleWorkdirError, match="model.width: 32 in the workdir, 64"):
-    train.train(config, workdir)
+  with pytest.raises(loop.IncompatibleWorkdirError, match="model.width: 32 in the workdir, 64"):
+    loop.train(config, workdir)
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
@@ -95,8 +97,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     return jax.numpy.where(step >= 4, jax.numpy.nan, loss), rest
 
   monkeypatch.setattr(jepa.JEPA, "loss", exploding)
-  with pytest.raises(train.NonFiniteLossError, match=r"step 5.*checkpoint \(step 3\)"):
-    train.train(tiny_config(checkpoint_every=3), tmp_path)
+  with pytest.raises(loop.NonFiniteLossError, match=r"step 5.*checkpoint \(step 3\)"):
+    loop.train(tiny_config(checkpoint_every=3), tmp_path)
   ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", 2)
   assert ckpt.all_steps() == [3]
   assert not (tmp_path / "export").exists()
@@ -104,7 +106,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_probe_summary_of_a_finished_run(finished_run):
   workdir, _, _ = finished_run
-  summary = evaluate.probe_workdir(workdir)
+  summary = suite.probe_workdir(workdir)
   assert set(summary["tasks"]) == {"pitch", "source", "envelope"}
   for key in ("probe_accuracy", "probe_accuracy_random_init", "probe_accuracy_mean_logmel"):
     assert 0.0 <= summary[key] <= 1.0 and key + "_seed_std" in summary
@@ -118,7 +120,7 @@ def test_curriculum_multi_mask_latent_run_trains(tmp_path):
   config.mask.curriculum.granularity = "sample"
   config.jepa.target_domain = "latent"
   config.optim.warmup_epochs = 0.1
-  result = train.train(config, tmp_path)
+  result = loop.train(config, tmp_path)
   assert result.step == 3 and np.isfinite(result.last_metrics["loss"])
   assert result.last_metrics["target_effective_rank"] > 1
 

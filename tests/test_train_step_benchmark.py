@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import step_setup
-from jepa_jax import config_lib, models
+from jepa_jax.config import fields, shapes
 from tests.tiny import tiny_config, tiny_mae_config
 
 
@@ -36,13 +36,13 @@ def test_pass_flops():
     (65, "audio_jepa", 208), (100, "audio_jepa", 320), (200, "audio_jepa", 640),
     (512, "ajepa", 1024)])
 def test_with_tokens(tokens, frontend, frames):
-  c = step_setup.with_tokens(config_lib.load("configs/audio_jepa.py"), tokens)
+  c = step_setup.with_tokens(fields.load("configs/audio_jepa.py"), tokens)
   assert (c.data.frontend, c.data.frames) == (frontend, frames)
-  assert math.prod(models.grid(c)) == tokens
+  assert math.prod(shapes.grid(c)) == tokens
 
 
 def test_with_tokens_rejects_a_count_no_front_end_divides():
-  with pytest.raises(config_lib.ConfigError, match="7 tokens per clip"):
+  with pytest.raises(fields.ConfigError, match="7 tokens per clip"):
     step_setup.with_tokens(tiny_config(), 7)
 
 

@@ -14,18 +14,11 @@ import optax
 import pytest
 from scipy import stats
 
-from jepa_jax import (
-  augment,
-  checkpoint,
-  config_lib,
-  export,
-  mixing,
-  nnclr,
-  objectives,
-  optim,
-  train,
-  warm_start,
-)
+from jepa_jax import export, objectives
+from jepa_jax.config import fields, validation
+from jepa_jax.objectives import augment, mixing, nnclr
+from jepa_jax.optim import optimizer
+from jepa_jax.training import checkpoint, loop, warm_start
 from tests.tiny import tiny_mae_config, tiny_uamix_config
 
 # ---------------------------------------------------------------- NNCLR pieces
@@ -244,7 +237,7 @@ def test_background_mix_adds_another_clips_power_at_a_uniform_share():
 
 def _objective(stage=1):
   config = tiny_uamix_config(stage)
-  config_lib.validate(config)
+  validation.validate(config)
   obj = objectives.build(config)
   return config, obj, nn.unbox(obj.init(jax.random.key(0))), nn.unbox(obj.init_aux())
 
@@ -293,7 +286,7 @@ def _adam_moments(opt_state):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_frozen_leaves_carry_no_optimizer_state(stage):
   config, obj, params, _ = _objective(stage)
-  tx, _ = optim.make_optimizer(config.optim, None, 8, 10, 1, None)
+  tx, _ = optimizer.make_optimizer(config.optim, None, 8, 10, 1, None)
   mu = _adam_moments(tx.init(params))
   # Boxed parameters (as the train loop builds its state) give the same structure.
   boxed_mu = _adam_moments(tx.init(obj.init(jax.random.key(0))))
@@ -319,8 +312,8 @@ def test_config_errors_are_clear():
   c.uamix.augment.update(time_shift=2.0, freq_masks=-1)
   c.init_from = ""
   c.data.normalization = "dataset"
-  with pytest.raises(config_lib.ConfigError) as err:
-    config_lib.validate(c)
+  with pytest.raises(fields.ConfigError) as err:
+    validation.validate(c)
   message = str(err.value)
   for part in ("uamix.queue_size 48 must be smaller than the 48 training examples",
                "uamix.mixing.width_rule must be one of ('sqrt', 'linear'), got 'cube'",
@@ -331,43 +324,43 @@ def test_config_errors_are_clear():
     assert part in message, part
   c = tiny_uamix_config()
   c.uamix.queue_size = 12
-  with pytest.raises(config_lib.ConfigError, match="positive multiple of train.batch_size 8"):
-    config_lib.validate(c)
+  with pytest.raises(fields.ConfigError, match="positive multiple of loop.batch_size 8"):
+    validation.validate(c)
   c = tiny_uamix_config()
   c.data.dir = "/prepared/elsewhere"  # size known only once the data is read
-  with pytest.raises(config_lib.ConfigError, match="must be smaller than the 10 training"):
-    config_lib.validate_dataset(c, 10)
-  config_lib.validate_dataset(c, 17)
-  with pytest.raises(config_lib.ConfigError, match="choose one of stage1 and stage2"):
-    config_lib.load("configs/uamix.py:stage1,stage2")
+  with pytest.raises(fields.ConfigError, match="must be smaller than the 10 training"):
+    validation.validate_dataset(c, 10)
+  validation.validate_dataset(c, 17)
+  with pytest.raises(fields.ConfigError, match="choose one of stage1 and stage2"):
+    fields.load("configs/uamix.py:stage1,stage2")
 
 
 def test_both_demo_stages_tune_without_five_pitch_classes_of_the_corpus():
   from data_pipelines import synthetic
-  one, two = (config_lib.load(f"configs/uamix.py:stage{k},demo") for k in (1, 2))
+  one, two = (fields.load(f"configs/uamix.py:stage{k},demo") for k in (1, 2))
   assert one.data.exclude_classes == two.data.exclude_classes
-  held = config_lib.parse_classes(two.data.exclude_classes)
+  held = fields.parse_classes(two.data.exclude_classes)
   assert list(held) == ["pitch"] and len(held["pitch"]) == 5  # 5-way episodes among them
   assert set(held["pitch"]) < set(synthetic.TASKS["pitch"])
-  assert config_lib.load("configs/uamix.py:stage2").data.exclude_classes == ""
+  assert fields.load("configs/uamix.py:stage2").data.exclude_classes == ""
 
 
 def test_recipe_variants():
-  load = lambda v: config_lib.load(f"configs/uamix.py:{v}")  # noqa: E731
+  load = lambda v: fields.load(f"configs/uamix.py:{v}")  # noqa: E731
   s1, s2 = load("stage1"), load("stage2")
   assert (s1.optim.frozen_layers, s2.optim.frozen_layers) == (14, 7)  # ViT-B: 12 blocks
   assert (s1.optim.layer_decay, s2.optim.layer_decay) == (1.0, 0.65)
   # lr 1e-4 at batch 512 and at batch 128.
-  assert optim.peak_learning_rate(s1.optim.base_lr, s1.train.batch_size) == pytest.approx(1e-4)
-  assert optim.peak_learning_rate(s2.optim.base_lr, s2.train.batch_size) == pytest.approx(1e-4)
+  assert optimizer.peak_learning_rate(s1.optim.base_lr, s1.train.batch_size) == pytest.approx(1e-4)
+  assert optimizer.peak_learning_rate(s2.optim.base_lr, s2.train.batch_size) == pytest.approx(1e-4)
   assert (s1.train.epochs, s2.train.epochs) == (40, 160)
   assert s2.init_from == "runs/uamix_stage1"
   assert (s1.uamix.temperature, s1.uamix.topk, s1.uamix.mixing.alpha) == (0.15, 1, 1.0)
   demo = load("stage2,demo,mix=time_freq,width=linear,init=/x")
   assert (demo.optim.frozen_layers, demo.init_from) == (4, "/x")
   assert (demo.uamix.mixing.mode, demo.uamix.mixing.width_rule) == ("time_freq", "linear")
-  config_lib.validate(demo)
-  config_lib.validate(load("stage1,demo,mix=mixup"))
+  validation.validate(demo)
+  validation.validate(load("stage1,demo,mix=mixup"))
   assert load("stage1,mix=mixup").uamix.mixing.label_smoothing == 0.1
 
 
@@ -404,10 +397,10 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("uamix")
   mae = tiny_mae_config(checkpoint_every=100)
   mae.model.depth = 2
-  train.train(mae, root / "mae")
-  first = train.train(tiny_uamix_config(1, str(root / "mae"), checkpoint_every=100),
+  loop.train(mae, root / "mae")
+  first = loop.train(tiny_uamix_config(1, str(root / "mae"), checkpoint_every=100),
                       root / "stage1")
-  second = train.train(tiny_uamix_config(2, str(root / "stage1"), checkpoint_every=100),
+  second = loop.train(tiny_uamix_config(2, str(root / "stage1"), checkpoint_every=100),
                        root / "stage2")
   return root, first, second
 
@@ -455,12 +448,12 @@ def test_interrupted_stage2_resumes_to_the_same_encoder_and_queue(runs, tmp_path
   root, _, _ = runs
   config = tiny_uamix_config(2, str(root / "stage1"), checkpoint_every=100)
   StopAfter(monkeypatch, 4)
-  first = train.train(config, tmp_path)
+  first = loop.train(config, tmp_path)
   assert first.interrupted and first.step == 4
   queue = _final(tmp_path, "aux")["queue"]
   assert int(queue["ptr"]) == 0 and (queue["ids"] >= 0).all()  # 4 batches of 8 in 16: wrapped
   monkeypatch.undo()
-  second = train.train(config, tmp_path)
+  second = loop.train(config, tmp_path)
   assert second.step == 6 and not second.interrupted
   jax.tree.map(np.testing.assert_array_equal, _encoder(tmp_path), _encoder(root / "stage2"))
   jax.tree.map(np.testing.assert_array_equal, _final(tmp_path, "aux"),
@@ -471,9 +464,9 @@ def test_warm_start_refuses_an_incompatible_or_missing_source(runs, tmp_path):
   root, _, _ = runs
   config = tiny_uamix_config(1, str(root / "mae"))
   config.model.width = 64
-  with pytest.raises(config_lib.ConfigError, match="model.width: 32 in the source, 64 here"):
-    train.train(config, tmp_path / "a")
-  with pytest.raises(config_lib.ConfigError, match="no encoder export there"):
-    train.train(tiny_uamix_config(1, str(tmp_path / "nothing")), tmp_path / "b")
+  with pytest.raises(fields.ConfigError, match="model.width: 32 in the source, 64 here"):
+    loop.train(config, tmp_path / "a")
+  with pytest.raises(fields.ConfigError, match="no encoder export there"):
+    loop.train(tiny_uamix_config(1, str(tmp_path / "nothing")), tmp_path / "b")
   # An export folder itself works as a source (encoder only).
   assert set(warm_start.load(tiny_uamix_config(1, str(root / "mae" / "export")))) == {"encoder"}

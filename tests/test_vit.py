@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import models, positions, predictor, vit
+from jepa_jax import models
+from jepa_jax.models import attention, positions, predictor, vit
 
 
 def _count(tree):
@@ -119,7 +120,7 @@ def test_full_grid_predictor_is_the_transformer_on_the_restored_grid():
 
 def test_windowed_predictor_needs_the_full_grid():
   pred = predictor.Predictor(grid=(2, 4), width=8, depth=1, num_heads=2, mlp_dim=16,
-                             out_dim=6, windows=vit.Windows((2, 4), (2, 2)))
+                             out_dim=6, windows=attention.Windows((2, 4), (2, 2)))
   ctx = jnp.zeros((1, 1, 5))
   one, valid = jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool)
   with pytest.raises(ValueError, match="full token grid"):

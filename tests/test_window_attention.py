@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import vit
+from jepa_jax.models import attention, vit
 
 
 def swin_allowed(grid, size, shift) -> np.ndarray:
@@ -48,8 +48,8 @@ def dense_reference(params, x, allowed, num_heads):
     ((4, 8), (2, 2), (0, 0)),   # plain windows
 ])
 def test_windowed_attention_equals_dense_attention_restricted_to_swin_windows(grid, size, shift):
-  windows = vit.Windows(grid, size, shift)
-  attn = vit.Attention(num_heads=2, windows=windows)
+  windows = attention.Windows(grid, size, shift)
+  attn = attention.Attention(num_heads=2, windows=windows)
   n = grid[0] * grid[1]
   x = np.random.default_rng(0).normal(size=(3, n, 8)).astype(np.float32)
   params = nn.unbox(attn.init(jax.random.key(0), x)["params"])
@@ -69,8 +69,8 @@ def _dependence(module, params, x, query):
 def test_tokens_that_wrapped_across_an_edge_never_attend_to_each_other():
   # Time axis 8, windows of 4, shift 2: after the cyclic shift, time columns 6, 7, 0, 1
   # share the last window, but 0 and 1 arrived there by wrapping around.
-  grid, windows = (1, 8), vit.Windows((1, 8), (1, 4), (0, 2))
-  attn = vit.Attention(num_heads=1, windows=windows)
+  grid, windows = (1, 8), attention.Windows((1, 8), (1, 4), (0, 2))
+  attn = attention.Attention(num_heads=1, windows=windows)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 8, 4)), jnp.float32)
   params = nn.unbox(attn.init(jax.random.key(0), x)["params"])
   np.testing.assert_array_equal(_dependence(attn, params, x, 7),
@@ -83,7 +83,7 @@ def test_tokens_that_wrapped_across_an_edge_never_attend_to_each_other():
 
 
 def test_shift_applies_to_odd_blocks_so_two_blocks_cross_window_borders():
-  windows = vit.Windows((1, 8), (1, 4), (0, 2))
+  windows = attention.Windows((1, 8), (1, 4), (0, 2))
   x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 8, 8)), jnp.float32)
   cases = [(1, 2, [True] * 4 + [False] * 4),  # one unshifted block: window 0..3 only
            (2, 2, [True] * 8),  # then window 2..5 mixes 0..3 with 4..7
@@ -95,8 +95,8 @@ def test_shift_applies_to_odd_blocks_so_two_blocks_cross_window_borders():
 
 
 def test_key_mask_hides_padding_inside_windows():
-  windows = vit.Windows((2, 4), (2, 2), (1, 1))
-  attn = vit.Attention(num_heads=2, windows=windows)
+  windows = attention.Windows((2, 4), (2, 2), (1, 1))
+  attn = attention.Attention(num_heads=2, windows=windows)
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 8)), jnp.float32)
   params = nn.unbox(attn.init(jax.random.key(0), x)["params"])
   valid = jnp.ones((2, 8), bool).at[:, 5].set(False)
@@ -107,7 +107,7 @@ def test_key_mask_hides_padding_inside_windows():
 
 
 def test_partition_and_merge_are_inverse():
-  windows = vit.Windows((4, 6), (2, 3), (1, 2))
+  windows = attention.Windows((4, 6), (2, 3), (1, 2))
   x = jnp.arange(2 * 24 * 3).reshape(2, 24, 3)
   parts = windows.partition(x)
   assert parts.shape == (2 * 4, 6, 3)
@@ -121,4 +121,4 @@ def test_partition_and_merge_are_inverse():
 ])
 def test_bad_windows_are_refused(size, shift, match):
   with pytest.raises(ValueError, match=match):
-    vit.Windows((4, 8), size, shift)
+    attention.Windows((4, 8), size, shift)

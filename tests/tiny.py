@@ -1,13 +1,13 @@
 """A tiny Audio-JEPA config for fast tests (the demo recipe, shrunk)."""
 from pathlib import Path
 
-from jepa_jax import config_lib
+from jepa_jax.config import fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config_module(name: str = "audio_jepa"):
-  return config_lib.recipe_module(ROOT / "configs" / f"{name}.py")
+  return fields.recipe_module(ROOT / "configs" / f"{name}.py")
 
 
 def tiny_config(**train):

@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jepa_jax import losses, masks, models, monitors, patches
-from jepa_jax.objectives import masked_prediction
+from jepa_jax import masks, models
+from jepa_jax.config import shapes
+from jepa_jax.models import patches
+from jepa_jax.objectives import losses, masked_prediction, monitors
 
 
 def first_occurrence(idx: jnp.ndarray, valid: jnp.ndarray, num_tokens: int) -> jnp.ndarray:
@@ -43,7 +45,7 @@ class JEPA:
       errors.append(f"jepa.distance {j.distance!r} unknown; known: {sorted(losses.DISTANCES)}")
     if j.smooth_l1_beta <= 0 or j.standardize_eps <= 0:
       errors.append("jepa.smooth_l1_beta and jepa.standardize_eps must be > 0")
-    errors.extend(models.head_config_errors(config, "predictor"))
+    errors.extend(models.predictor_config_errors(config, "predictor", shapes.grid(config)))
     ema = config.ema
     if not 0 <= ema.tau_start <= ema.tau_end <= 1:
       errors.append(f"ema taus must satisfy 0 <= tau_start <= tau_end <= 1, got "
@@ -54,9 +56,9 @@ class JEPA:
     self.config = config
     self.total_steps = total_steps  # the curriculum mask schedule runs over these
     self.patch_shape = tuple(config.model.patch_shape)
-    self.grid = models.grid(config)
-    self.encoder = models.build_encoder(config)
-    self.predictor = models.build_predictor(config)
+    self.grid = shapes.grid(config)
+    self.encoder = models.build_encoder(config, self.grid)
+    self.predictor = models.build_predictor(config, self.grid)
     distance = losses.DISTANCES[config.jepa.distance]
     if config.jepa.distance.startswith("smooth_l1"):
       distance = functools.partial(distance, beta=config.jepa.smooth_l1_beta)

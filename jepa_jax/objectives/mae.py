@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jepa_jax import input_norm, losses, masks, models, monitors, patches
-from jepa_jax.objectives import masked_prediction
+from jepa_jax import masks, models
+from jepa_jax.config import shapes
+from jepa_jax.models import input_norm, patches
+from jepa_jax.objectives import losses, masked_prediction, monitors
 
 INPUT_NORMS = ("none", "batch_norm")
 
@@ -26,7 +28,7 @@ class MAE:
 
   @staticmethod
   def config_errors(config: ml_collections.ConfigDict) -> list[str]:
-    errors = models.head_config_errors(config, "decoder")
+    errors = models.predictor_config_errors(config, "decoder", shapes.grid(config))
     if config.decoder.layout != "full_grid":
       errors.append("decoder.layout must be 'full_grid': an MAE decoder sees the whole grid")
     if config.mae.norm_pix_eps <= 0:
@@ -39,14 +41,14 @@ class MAE:
   def __init__(self, config: ml_collections.ConfigDict, total_steps: int = 1):
     self.config = config
     self.total_steps = total_steps
-    self.patch_shape = models.patch_shape(config)
-    self.grid = models.grid(config)
-    self.encoder = models.build_encoder(config)
+    self.patch_shape = shapes.patch_shape(config)
+    self.grid = shapes.grid(config)
+    self.encoder = models.build_encoder(config, self.grid)
     self.decoder = models.build_predictor(
-        config, "decoder", out_dim=self.patch_shape[0] * self.patch_shape[1])
+        config, self.grid, "decoder", out_dim=self.patch_shape[0] * self.patch_shape[1])
     self.input_norm = input_norm.MelBatchNorm() \
         if config.mae.input_norm == "batch_norm" else None
-    self.n_mels = models.input_shape(config)[0]
+    self.n_mels = shapes.input_shape(config)[0]
 
   def init(self, rng: jax.Array) -> dict:
     encoder, decoder = masked_prediction.init_encoder_and_head(self.encoder, self.decoder, rng)

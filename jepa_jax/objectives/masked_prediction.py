@@ -11,7 +11,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jepa_jax import masks, models, patches, predictor, vit
+from jepa_jax import masks, models
+from jepa_jax.models import patches, predictor, vit
 
 
 @flax.struct.dataclass

@@ -22,7 +22,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jepa_jax import augment, layerwise, mixing, models, monitors, nnclr, patches
+from jepa_jax import models
+from jepa_jax.config import shapes
+from jepa_jax.models import patches, projector
+from jepa_jax.objectives import augment, mixing, monitors, nnclr
+from jepa_jax.optim import layerwise
 
 
 class UaMix:
@@ -70,9 +74,9 @@ class UaMix:
     del total_steps  # no step-dependent schedule
     self.config = config
     self.u = config.uamix
-    self.patch_shape = models.patch_shape(config)
-    self.encoder = models.build_encoder(config)
-    self.head = nnclr.ProjectionHead(self.u.head.hidden, self.u.head.out, self.u.head.layers)
+    self.patch_shape = shapes.patch_shape(config)
+    self.encoder = models.build_encoder(config, shapes.grid(config))
+    self.head = projector.ProjectionHead(self.u.head.hidden, self.u.head.out, self.u.head.layers)
     self.frozen_layers = config.optim.get("frozen_layers", 0)
     self.ln_scale = (augment.ln_power_scale(config.data.frontend, config.data.normalization)
                      if self.u.augment.background > 0 else None)

@@ -1,12 +1,12 @@
 """Config variants (`file.py:name,k=v`), validation before anything compiles, and the
 check that a workdir's checkpoint came from a compatible config."""
-import functools
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import ml_collections
+
+from jepa_jax.config import upgrade
 
 
 class ConfigError(ValueError):
@@ -74,8 +74,12 @@ ENCODER_SIZES = {
     "dasheng_0.6b": dict(width=1280, depth=32, num_heads=16, mlp_dim=5120),
     "dasheng_1.2b": dict(width=1536, depth=40, num_heads=24, mlp_dim=6144),
 }
+
+
 # Deep encoders compile one scanned block instead of 24-40 unrolled ones.
 SCANNED_SIZES = ("vit_l", "dasheng_0.6b", "dasheng_1.2b")
+
+
 # Predictor / decoder shapes (SPEC section 3).
 HEAD_SIZES = {
     "audio_jepa": dict(width=512, depth=8, num_heads=16, mlp_dim=2048),
@@ -86,7 +90,7 @@ HEAD_SIZES = {
 }
 
 
-# Fine-tuning on a labelled task (jepa_jax/finetune.py): AudioMAE's recipe (AS-20K / ESC-50
+# Fine-tuning on a labelled task (jepa_jax/evaluation/finetune.py): AudioMAE's recipe (AS-20K / ESC-50
 # column: base lr 1e-3, AdamW (0.9, 0.999), wd 1e-4, layer decay 0.75, time / frequency
 # token dropping 0.2, mixup 0.5) with A-JEPA's regularised masking (10 % of keys per layer),
 # 60 epochs (4 warmup) shortened to 20 (2) for a CPU.
@@ -142,7 +146,7 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
       micro_batches=1,
       epochs=100.0, log_every=100, checkpoint_every=2000, keep_checkpoints=3))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  # Several processes (hosts) on jax.distributed (jepa_jax/distributed.py). Unset fields
+  # Several processes (hosts) on jax.distributed (jepa_jax/parallel/distributed.py). Unset fields
   # fall back to $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; all unset,
   # jax detects a TPU / SLURM / MPI cluster, and without one the run is a single process.
   c.distributed = ml_collections.ConfigDict(dict(
@@ -185,178 +189,6 @@ def head_config(size: str | dict, layout: str, attention: str = "global",
       scan_layers=False, remat="none", **shape))
 
 
-def _check(errors: list[str], ok: bool, message: str) -> None:
-  if not ok:
-    errors.append(message)
-
-
-def _positive(errors, config, section: str, *names):
-  node = functools.reduce(getattr, section.split("."), config)
-  for name in names:
-    value = node[name]
-    _check(errors, value > 0, f"{section}.{name} must be > 0, got {value}")
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def finetune_errors(f, section: str = "finetune") -> list[str]:
-  """Errors of a fine-tuning section (a ConfigDict or a dict of FINETUNE_DEFAULTS' fields)."""
-  e: list[str] = []
-  unknown = sorted(set(f) - set(FINETUNE_DEFAULTS))
-  missing = sorted(set(FINETUNE_DEFAULTS) - set(f))
-  _check(e, not unknown, f"{section}: unknown field(s) {', '.join(unknown)}; known: "
-         f"{', '.join(sorted(FINETUNE_DEFAULTS))}")
-  _check(e, not missing, f"{section}: missing field(s) {', '.join(missing)}")
-  if unknown or missing:
-    return e
-  for name in ("epochs", "batch_size", "seeds"):
-    _check(e, _is_int(f[name]) and f[name] >= 1,
-           f"{section}.{name} must be an integer >= 1, got {f[name]!r}")
-  _check(e, _is_int(f["seed"]) and f["seed"] >= 0,
-         f"{section}.seed must be an integer >= 0, got {f['seed']!r}")
-  numbers = ("warmup_epochs", "base_lr", "b1", "b2", "weight_decay", "layer_decay", "mixup",
-             "drop_freq", "drop_time", "rm_rate")
-  bad = [n for n in numbers if not isinstance(f[n], (int, float)) or isinstance(f[n], bool)]
-  for name in bad:
-    e.append(f"{section}.{name} must be a number, got {f[name]!r}")
-  if bad:
-    return e
-  _check(e, f["base_lr"] > 0, f"{section}.base_lr must be > 0, got {f['base_lr']}")
-  _check(e, 0 <= f["b1"] < 1 and 0 <= f["b2"] < 1,
-         f"{section}.b1/b2 must be in [0, 1), got {f['b1']}, {f['b2']}")
-  _check(e, f["weight_decay"] >= 0, f"{section}.weight_decay must be >= 0, got "
-         f"{f['weight_decay']}")
-  if _is_int(f["epochs"]):
-    _check(e, 0 <= f["warmup_epochs"] < f["epochs"], f"{section}.warmup_epochs must be in "
-           f"[0, {section}.epochs={f['epochs']}), got {f['warmup_epochs']}")
-  _check(e, 0 < f["layer_decay"] <= 1, f"{section}.layer_decay must be in (0, 1] (1 = off), "
-         f"got {f['layer_decay']}")
-  _check(e, f["mixup"] >= 0, f"{section}.mixup is the Beta(alpha, alpha) parameter, >= 0 "
-         f"(0 = off), got {f['mixup']}")
-  for name in ("drop_freq", "drop_time", "rm_rate"):
-    _check(e, 0 <= f[name] < 1, f"{section}.{name} is a fraction of tokens in [0, 1) "
-           f"(0 = off), got {f[name]}")
-  _check(e, isinstance(f["balanced_sampling"], bool),
-         f"{section}.balanced_sampling must be True or False, got {f['balanced_sampling']!r}")
-  return e
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError listing every invalid field of the config."""
-  import jax
-
-  from data_pipelines import frontends
-  from jepa_jax import masks, models, objectives, vit
-
-  e: list[str] = []
-  _check(e, config.objective in objectives.OBJECTIVES,
-         f"objective {config.objective!r} unknown; known: {sorted(objectives.OBJECTIVES)}")
-  d = config.data
-  _check(e, d.frontend in frontends.FRONTENDS,
-         f"data.frontend {d.frontend!r} unknown; known: {sorted(frontends.FRONTENDS)}")
-  patch_shape = tuple(config.model.patch_shape)
-  _check(e, len(patch_shape) == 2 and min(patch_shape) > 0,
-         f"model.patch_shape must be (mel bins, frames) > 0, got {patch_shape}")
-  patch_frames = patch_shape[-1] if patch_shape else 1
-  _check(e, d.frames > 0 and d.frames % patch_frames == 0,
-         f"data.frames must be a positive multiple of the patch's {patch_frames} frames "
-         f"(model.patch_shape {patch_shape}), got {d.frames}")
-  _check(e, d.normalization in ("dataset", "recipe"),
-         f"data.normalization must be 'dataset' or 'recipe', got {d.normalization!r}")
-  _check(e, d.gain_jitter_db >= 0, f"data.gain_jitter_db must be >= 0, got {d.gain_jitter_db}")
-  _check(e, d.worker_count >= 0, f"data.worker_count must be >= 0, got {d.worker_count}")
-  _positive(e, config, "data.synthetic", "num_pretrain", "num_probe")
-  try:
-    parse_classes(d.get("exclude_classes", ""))
-  except ConfigError as err:
-    e.append(f"data.exclude_classes: {err}")
-
-  for section in ("model", "predictor", "decoder"):
-    if section not in config:
-      continue
-    m = config[section]
-    _positive(e, config, section, "width", "depth", "num_heads", "mlp_dim")
-    _check(e, m.num_heads > 0 and m.width % m.num_heads == 0,
-           f"{section}.width {m.width} must be divisible by {section}.num_heads {m.num_heads}")
-    _check(e, m.width % 4 == 0, f"{section}.width must be a multiple of 4 (2-D sin-cos), "
-           f"got {m.width}")
-    e.extend(models.stack_errors(config, section))
-  _check(e, config.model.dtype in models.DTYPES,
-         f"model.dtype {config.model.dtype!r} unknown; known: {sorted(models.DTYPES)}")
-  _check(e, config.model.attention_impl in ("", "xla", "cudnn"),
-         f"model.attention_impl must be '', 'xla' or 'cudnn', got {config.model.attention_impl!r}")
-  if config.model.attention_impl == "cudnn":  # cuDNN flash attention: GPU and bf16 / fp16 only
-    backend = jax.default_backend()
-    _check(e, backend == "gpu", f"model.attention_impl 'cudnn' needs a GPU, but jax's backend "
-           f"is {backend!r}; use '' or 'xla'")
-    _check(e, config.model.dtype == "bfloat16", f"model.attention_impl 'cudnn' needs "
-           f"model.dtype 'bfloat16', got {config.model.dtype!r}; or use '' or 'xla'")
-
-  grid_ok = len(patch_shape) == 2 and min(patch_shape) > 0 and d.frames > 0 \
-      and d.frontend in frontends.FRONTENDS
-  if grid_ok and "mask" in config:  # contrastive objectives mask nothing
-    try:
-      e.extend(masks.config_errors(config.mask, models.grid(config)))
-    except ValueError as err:  # mels or frames not divisible into patches
-      e.append(str(err))
-  _check(e, config.model.positions in vit.POSITIONS,
-         f"model.positions must be one of {vit.POSITIONS}, got {config.model.positions!r}")
-
-  o = config.optim
-  _positive(e, config, "optim", "base_lr", "eps")
-  _check(e, 0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optim.b1/b2 must be in [0, 1), got {o.b1}, {o.b2}")
-  _check(e, o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-  _check(e, o.clip_norm >= 0, f"optim.clip_norm must be >= 0 (0 = off), got {o.clip_norm}")
-  _check(e, 0 <= o.end_lr_ratio <= 1, f"optim.end_lr_ratio must be in [0, 1], got {o.end_lr_ratio}")
-  layer_decay, frozen = o.get("layer_decay", 1.0), o.get("frozen_layers", 0)
-  _check(e, 0 < layer_decay <= 1, f"optim.layer_decay must be in (0, 1] (1 = off), got "
-         f"{layer_decay}")
-  top = config.model.depth + 2  # embedding, blocks, final norm
-  _check(e, isinstance(frozen, int) and 0 <= frozen <= top,
-         f"optim.frozen_layers must be an integer in [0, {top}] (layers 0 = embedding, "
-         f"1..{top - 2} = blocks, {top - 1} = final norm; 0 = none frozen), got {frozen!r}")
-  t = config.train
-  _positive(e, config, "train", "batch_size", "epochs", "log_every", "checkpoint_every",
-            "keep_checkpoints")
-  _check(e, _is_int(t.micro_batches) and t.micro_batches >= 1
-         and t.batch_size % t.micro_batches == 0,
-         f"train.micro_batches must be an integer >= 1 dividing train.batch_size "
-         f"{t.batch_size}, got {t.micro_batches!r}")
-  _check(e, 0 <= o.warmup_epochs < t.epochs,
-         f"optim.warmup_epochs must be in [0, train.epochs={t.epochs}), got {o.warmup_epochs}")
-  mesh_sizes = [config.mesh[a] for a in ("data", "fsdp", "model")]
-  _check(e, all(s == -1 or s >= 1 for s in mesh_sizes) and mesh_sizes.count(-1) <= 1,
-         f"mesh sizes must be >= 1 with at most one -1 (fill), got {mesh_sizes}")
-  mib = config.sharding_check.replicated_mib
-  _check(e, mib >= 0, f"sharding_check.replicated_mib must be >= 0 (MiB), got {mib}")
-  _positive(e, config, "probe", "seeds", "lr", "max_epochs", "patience", "batch_size",
-            "chunk_batch")
-  _check(e, isinstance(config.get("init_from", ""), str),
-         f"init_from must be a path (a workdir or its export/) or '', got "
-         f"{config.get('init_from')!r}")
-  if "distributed" in config:  # configs saved before multi-host runs have none
-    from jepa_jax import distributed
-    e.extend(distributed.config_errors(config.distributed, os.environ))
-  if "finetune" in config:  # configs saved before fine-tuning existed have none
-    e.extend(finetune_errors(config.finetune))
-
-  if config.objective in objectives.OBJECTIVES:
-    e.extend(objectives.OBJECTIVES[config.objective].config_errors(config))
-  if e:
-    raise ConfigError("invalid config:\n  - " + "\n  - ".join(e))
-
-
-def validate_dataset(config: ml_collections.ConfigDict, num_examples: int) -> None:
-  """Raises ConfigError for fields that do not fit a training set of `num_examples`."""
-  from jepa_jax import objectives
-  check = getattr(objectives.OBJECTIVES[config.objective], "dataset_errors", None)
-  e = check(config, num_examples) if check is not None else []
-  if e:
-    raise ConfigError("invalid config for this data:\n  - " + "\n  - ".join(e))
-
-
 # Fields that may change when a run resumes: they do not change what is computed.
 RESUME_FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                "data.worker_count", "mesh", "probe", "finetune",
@@ -379,18 +211,13 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return out
 
 
-# Fields added after runs were saved without them, with the value that does what those
-# runs did: a workdir lacking the field resumes as if it held that value.
-ADDED_FIELDS = {"data.exclude_classes": "", "uamix.augment.background": 0.0}
-
-
 def resume_differences(saved: dict, current: dict) -> list[str]:
   """Fields (outside RESUME_FREE) whose values differ between two config dicts."""
   def relevant(tree):
     return {k: v for k, v in _flatten(tree).items()
             if not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)}
   a, b = relevant(saved), relevant(current)
-  a.update({k: v for k, v in ADDED_FIELDS.items() if k not in a and k in b})
+  a.update({k: v for k, v in upgrade.ADDED_FIELDS.items() if k not in a and k in b})
   return [f"{k}: {a.get(k, '<absent>')!r} in the workdir, {b.get(k, '<absent>')!r} now"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 

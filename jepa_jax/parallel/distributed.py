@@ -13,8 +13,9 @@ import os
 from collections.abc import Mapping
 
 import jax
+from jax.experimental import multihost_utils
 
-from jepa_jax.config_lib import ConfigError
+from jepa_jax.config.fields import ConfigError
 
 # Field of config.distributed -> (environment variable, value meaning "unset").
 FIELDS = {"coordinator_address": ("JAX_COORDINATOR_ADDRESS", ""),
@@ -96,7 +97,7 @@ def initialize_arguments(settings: Mapping, environ: Mapping[str, str],
 
 def _on_cloud_tpu() -> bool:
   # Set when jax is imported, from the TPU chips and libtpu it finds; no device is touched.
-  from jax._src import cloud_tpu_init
+  from jax._src import cloud_tpu_init  # lazy: private module, read only where asked
   return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
 
 
@@ -120,5 +121,4 @@ def is_primary() -> bool:
 def barrier(name: str) -> None:
   """Wait until every process reaches `name` (nothing to wait for with one process)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)

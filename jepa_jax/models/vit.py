@@ -2,208 +2,47 @@
 
 Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'kv', 'patch');
 mesh.py maps them to mesh axes by the rules in the config, so model code never names
-a device axis. Attention goes through `jax.nn.dot_product_attention` with an optional
+a device axis. attention.Attention goes through `jax.nn.dot_product_attention` with an optional
 key mask: padded tokens and block masks switch keys off in every layer; A-JEPA's
 regularised masking (fine-tuning only) switches off a different random set of keys in
 each layer, through the same mask (`regularised_key_masks`, `layer_key_masks`).
-Attention is global, or local to windows of the (frequency, time) token grid with
-Swin-style cyclic shifts on alternate blocks (A-JEPA predictor, AudioMAE decoder).
-"""
+attention.Attention is global, or local to windows of the (frequency, time) token grid with
+Swin-style cyclic shifts on alternate blocks (A-JEPA predictor, AudioMAE decoder)."""
 import dataclasses
-import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jepa_jax import positions
-
-Dtype = Any
-LN_EPS = 1e-6  # timm / MAE / M2D ViTs
-
-
-def _param(init, names):
-  return nn.with_logical_partitioning(init, names)
-
-
-def layer_norm(name: str | None = None, dtype: Dtype | None = None) -> nn.LayerNorm:
-  """Statistics in float32 whatever the input; the output in `dtype`, or float32 (the
-  parameters' dtype) when None."""
-  return nn.LayerNorm(
-      epsilon=LN_EPS, name=name, dtype=dtype,
-      scale_init=_param(nn.initializers.ones_init(), ("embed",)),
-      bias_init=_param(nn.initializers.zeros_init(), ("embed",)))
-
-
-def dense(features: int, names: tuple, dtype: Dtype, name: str) -> nn.Dense:
-  """Linear layer with Xavier-uniform kernel and zero bias (MAE / M2D init)."""
-  return nn.Dense(
-      features, dtype=dtype, name=name,
-      kernel_init=_param(nn.initializers.xavier_uniform(), names),
-      bias_init=_param(nn.initializers.zeros_init(), names[-1:]))
-
-
-class Projection(nn.Module):
-  """Linear map over the last `len(in_names)` axes into `features`; Xavier-uniform on the
-  full kernel shape (fan_in = prod of input axes, fan_out = prod of features), zero bias.
-  (flax's DenseGeneral initialises a flattened kernel, which breaks logical sharding
-  constraints applied to the unflattened one.)"""
-  features: tuple[int, ...]
-  in_names: tuple
-  out_names: tuple
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    n_in = len(self.in_names)
-    in_shape = x.shape[-n_in:]
-    kernel = self.param(
-        "kernel",
-        _param(nn.initializers.xavier_uniform(
-            in_axis=tuple(range(n_in)),
-            out_axis=tuple(range(n_in, n_in + len(self.features)))),
-            self.in_names + self.out_names),
-        in_shape + tuple(self.features))
-    bias = self.param("bias", _param(nn.initializers.zeros_init(), self.out_names),
-                      tuple(self.features))
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
-    return y + bias.astype(self.dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class Windows:
-  """Local attention over a (frequency, time) token grid in frequency-major order:
-  non-overlapping `size` windows, after a cyclic shift of the grid by `shift` tokens
-  towards the origin (Swin); tokens that wrapped across an edge never attend to the
-  ones they were not next to."""
-  grid: tuple[int, int]
-  size: tuple[int, int]
-  shift: tuple[int, int] = (0, 0)
-
-  def __post_init__(self):
-    for axis, g, w, s in zip(("frequency", "time"), self.grid, self.size, self.shift):
-      if w < 1 or g % w:
-        raise ValueError(f"attention window {self.size} does not tile the {axis} axis of the "
-                         f"token grid {self.grid}; pick a window side dividing {g}")
-      if not 0 <= s < w:
-        raise ValueError(f"window shift {self.shift} must be in [0, window) = [0, {w}) on the "
-                         f"{axis} axis")
-
-  @property
-  def count(self) -> int:
-    return (self.grid[0] // self.size[0]) * (self.grid[1] // self.size[1])
-
-  def partition(self, x: jnp.ndarray) -> jnp.ndarray:
-    """(B, F*T, ...) tokens -> (B * windows, window tokens, ...), windows row-major.
-    NumPy in, NumPy out (for the static mask); jax arrays otherwise."""
-    xp = np if isinstance(x, np.ndarray) else jnp
-    (gf, gt), (wf, wt) = self.grid, self.size
-    b, rest = x.shape[0], x.shape[2:]
-    x = xp.roll(x.reshape(b, gf, gt, *rest), (-self.shift[0], -self.shift[1]), axis=(1, 2))
-    x = x.reshape(b, gf // wf, wf, gt // wt, wt, *rest).swapaxes(2, 3)
-    return x.reshape(b * self.count, wf * wt, *rest)
-
-  def merge(self, x: jnp.ndarray) -> jnp.ndarray:
-    """Inverse of `partition`."""
-    (gf, gt), (wf, wt) = self.grid, self.size
-    rest = x.shape[2:]
-    x = x.reshape(-1, gf // wf, gt // wt, wf, wt, *rest).swapaxes(2, 3)
-    x = jnp.roll(x.reshape(-1, gf, gt, *rest), self.shift, axis=(1, 2))
-    return x.reshape(-1, gf * gt, *rest)
-
-  @functools.cached_property
-  def region_mask(self) -> np.ndarray:
-    """(windows, w, w) bool: query and key were neighbours before the cyclic shift, i.e.
-    both or neither wrapped across each edge (Swin's shifted-window attention mask)."""
-    f, t = np.meshgrid(np.arange(self.grid[0]), np.arange(self.grid[1]), indexing="ij")
-    # After rolling by -shift, positions >= size - shift hold the tokens that wrapped.
-    region = (f >= self.grid[0] - self.shift[0]) * 2 + (t >= self.grid[1] - self.shift[1])
-    region = self.partition(region.reshape(1, -1))
-    return region[:, :, None] == region[:, None, :]
-
-
-def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
-                     implementation: str | None) -> jnp.ndarray:
-  """Self-attention over (B, S, heads, head_dim) by `jax.nn.dot_product_attention`, with a
-  bool `mask` broadcastable to (B, heads, S, S) or None. cuDNN takes a mask as a bias of
-  the whole (S, S) shape and only an even S: an odd sequence gets one more token that no
-  query attends to, dropped from the output."""
-  n, pad = q.shape[1], q.shape[1] % 2
-  if implementation != "cudnn" or (mask is None and not pad):
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-  if mask is None:
-    mask = jnp.ones((q.shape[0], 1, 1, n), bool)
-  q, k, v = (jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))) for t in (q, k, v))
-  mask = jnp.pad(jnp.broadcast_to(mask, mask.shape[:2] + (n, n)),
-                 ((0, 0), (0, 0), (0, pad), (0, pad)))  # False: the extra key is off
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")[:, :n]
-
-
-class Attention(nn.Module):
-  """Multi-head self-attention, global or within `windows`; `key_mask` (B, S) bool
-  switches keys off."""
-  num_heads: int
-  dtype: Dtype = jnp.float32
-  implementation: str | None = None  # None lets jax choose; 'xla' or 'cudnn'
-  windows: Windows | None = None
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    width = x.shape[-1]
-    if width % self.num_heads:
-      raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
-    head_dim = width // self.num_heads
-    # One fused QKV projection (a single larger GEMM); Xavier over (width, 3 * width)
-    # as the reference Linear(width, 3 * width).
-    qkv = Projection((3, self.num_heads, head_dim), ("embed",), (None, "heads", "kv"),
-                     self.dtype, name="qkv")(x)
-    if self.windows is None:
-      mask = None if key_mask is None else key_mask[:, None, None, :]
-    else:
-      w = self.windows
-      if x.shape[1] != w.grid[0] * w.grid[1]:
-        raise ValueError(f"windowed attention needs the whole {w.grid} token grid, got "
-                         f"{x.shape[1]} tokens")
-      qkv = w.partition(qkv)
-      mask = jnp.tile(jnp.asarray(w.region_mask), (x.shape[0], 1, 1))
-      if key_mask is not None:
-        mask = mask & w.partition(key_mask)[:, None, :]
-      mask = mask[:, None]  # (B * windows, heads, queries, keys)
-    out = masked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, self.implementation)
-    if self.windows is not None:
-      out = self.windows.merge(out)
-    return Projection((width,), ("heads", "kv"), ("embed",), self.dtype, name="out")(out)
+from jepa_jax.models import attention, layers, positions
 
 
 class Mlp(nn.Module):
   hidden: int
-  dtype: Dtype = jnp.float32
+  dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     width = x.shape[-1]
-    x = dense(self.hidden, ("embed", "mlp"), self.dtype, "fc1")(x)
+    x = layers.dense(self.hidden, ("embed", "mlp"), self.dtype, "fc1")(x)
     x = nn.gelu(x, approximate=False)
-    return dense(width, ("mlp", "embed"), self.dtype, "fc2")(x)
+    return layers.dense(width, ("mlp", "embed"), self.dtype, "fc2")(x)
 
 
 class Block(nn.Module):
   """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
   num_heads: int
   mlp_dim: int
-  dtype: Dtype = jnp.float32
+  dtype: layers.Dtype = jnp.float32
   attention_impl: str | None = None
-  windows: Windows | None = None
+  windows: attention.Windows | None = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    y = Attention(self.num_heads, self.dtype, self.attention_impl, self.windows, name="attn")(
-        layer_norm("norm1", self.dtype)(x), key_mask)
+    y = attention.Attention(self.num_heads, self.dtype, self.attention_impl, self.windows, name="attn")(
+        layers.layer_norm("norm1", self.dtype)(x), key_mask)
     x = x + y
-    x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
+    x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layers.layer_norm("norm2", self.dtype)(x))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -211,6 +50,8 @@ class Block(nn.Module):
 # 'full' recomputes the whole block, the others are jax.checkpoint_policies by name (keep
 # the matrix products' results, recompute the rest).
 REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+
 LAYER_AXIS = "layers"  # logical name of the stacked axis of scanned parameters
 
 
@@ -226,43 +67,17 @@ def checkpointed(module_class: type[nn.Module], remat: str, in_scan: bool) -> ty
   return nn.remat(module_class, policy=policy, prevent_cse=not in_scan)
 
 
-def block_windows(windows: Windows | None, index: int) -> Windows | None:
-  """Windows of block `index`: unshifted on even blocks, shifted on odd ones (Swin)."""
+def block_windows(windows: attention.Windows | None, index: int) -> attention.Windows | None:
+  """attention.Windows of block `index`: unshifted on even blocks, shifted on odd ones (Swin)."""
   if windows is None or index % 2:
     return windows
   return dataclasses.replace(windows, shift=(0, 0))
 
 
-def scan_period(windows: Windows | None) -> int:
+def scan_period(windows: attention.Windows | None) -> int:
   """Blocks per scan step: 2 (an unshifted then a shifted block) when odd blocks shift
   their windows, else 1."""
   return 2 if windows is not None and any(windows.shift) else 1
-
-
-def layer_mask(key_mask: jnp.ndarray | None, extra: jnp.ndarray | None) -> jnp.ndarray | None:
-  """The key mask of one layer: `key_mask` (B, S) and that layer's `extra` (B, S), either
-  of which may be None."""
-  if key_mask is None or extra is None:
-    return extra if key_mask is None else key_mask
-  return key_mask & extra
-
-
-def regularised_key_masks(rng: jax.Array, depth: int, batch: int, tokens: int, rate: float,
-                          valid: jnp.ndarray | None = None) -> jnp.ndarray:
-  """(depth, batch, tokens) bool key masks of A-JEPA's regularised masking, False at the
-  keys a layer drops: in each layer and example, floor(rate * n) of its n valid tokens
-  (`valid` (batch, tokens), all when None), chosen uniformly at random and independently
-  per layer, but never all n. Padding is never chosen (the valid mask hides it anyway)."""
-  n = jnp.full((batch,), tokens, jnp.int32) if valid is None else valid.sum(-1, dtype=jnp.int32)
-  # The epsilon keeps float rounding from flooring a whole rate * n one too low.
-  drop = jnp.floor(rate * n.astype(jnp.float32) + 1e-4).astype(jnp.int32)
-  drop = jnp.clip(drop, 0, jnp.maximum(n - 1, 0))
-  u = jax.random.uniform(rng, (depth, batch, tokens))
-  if valid is not None:
-    u = jnp.where(valid[None], u, 2.0)  # padding ranks after every valid token
-  # Random ranks: the `drop` lowest-ranked tokens are a uniform random subset of that size.
-  rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
-  return rank >= drop[None, :, None]
 
 
 class BlockGroup(nn.Module):
@@ -272,9 +87,9 @@ class BlockGroup(nn.Module):
   period: int
   num_heads: int
   mlp_dim: int
-  dtype: Dtype = jnp.float32
+  dtype: layers.Dtype = jnp.float32
   attention_impl: str | None = None
-  windows: Windows | None = None
+  windows: attention.Windows | None = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None,
@@ -282,7 +97,7 @@ class BlockGroup(nn.Module):
     for j in range(self.period):
       extra = None if layer_key_masks is None else layer_key_masks[j]
       x = Block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                block_windows(self.windows, j), name=f"block_{j}")(x, layer_mask(key_mask, extra))
+                block_windows(self.windows, j), name=f"block_{j}")(x, attention.layer_mask(key_mask, extra))
     return x, None
 
 
@@ -304,9 +119,9 @@ class Transformer(nn.Module):
   depth: int
   num_heads: int
   mlp_dim: int
-  dtype: Dtype = jnp.float32
+  dtype: layers.Dtype = jnp.float32
   attention_impl: str | None = None
-  windows: Windows | None = None
+  windows: attention.Windows | None = None
   scan: bool = False
   remat: str = "none"
 
@@ -338,10 +153,10 @@ class Transformer(nn.Module):
         extra = None if layer_key_masks is None else layer_key_masks[i]
         x = block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
                   block_windows(self.windows, i), name=f"block_{i}")(
-                      x, layer_mask(key_mask, extra))
+                      x, attention.layer_mask(key_mask, extra))
     # Blocks compute in `dtype`; the final norm's output is float32, what losses, EMA
     # targets and downstream features read.
-    return layer_norm("norm")(x)
+    return layers.layer_norm("norm")(x)
 
 
 def _is_unscanned_stack(tree) -> bool:
@@ -412,8 +227,8 @@ class PositionTable(nn.Module):
     if self.kind != "learned":
       raise ValueError(f"unknown positions {self.kind!r}; known: {', '.join(POSITIONS)}")
     init = nn.initializers.normal(0.02)
-    freq = self.param("freq", _param(init, (None, None, "embed")), (self.grid[0], 1, self.width))
-    time = self.param("time", _param(init, (None, None, "embed")), (1, self.grid[1], self.width))
+    freq = self.param("freq", layers._param(init, (None, None, "embed")), (self.grid[0], 1, self.width))
+    time = self.param("time", layers._param(init, (None, None, "embed")), (1, self.grid[1], self.width))
     return (freq + time).reshape(-1, self.width)
 
 
@@ -432,7 +247,7 @@ class Encoder(nn.Module):
   depth: int
   num_heads: int
   mlp_dim: int
-  dtype: Dtype = jnp.float32
+  dtype: layers.Dtype = jnp.float32
   attention_impl: str | None = None
   positions: str = "sincos"
   scan: bool = False       # see Transformer
@@ -446,7 +261,7 @@ class Encoder(nn.Module):
     if patches.shape[-1] != pf * pt:
       raise ValueError(f"patches of {patches.shape[-1]} values given to an encoder of "
                        f"{pf} x {pt} patches")
-    x = dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")(patches)
+    x = layers.dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")(patches)
     table = PositionTable(self.grid, self.width, self.positions, name="positions")()
     if idx is None:
       if x.shape[1] != table.shape[0]:

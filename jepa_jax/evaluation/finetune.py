@@ -5,7 +5,7 @@ Model: the encoder, mean pool over its output tokens, then AudioMAE's head: a La
 parameter trains; the encoder's layers by layer-wise lr decay (layerwise.py; head and
 the encoder's final norm x 1, block i x decay ** (L + 1 - i), embedding x decay ** (L + 1)).
 
-Settings: the config's `finetune` section; defaults (config_lib.FINETUNE_DEFAULTS) are
+Settings: the config's `finetune` section; defaults (fields.FINETUNE_DEFAULTS) are
 AudioMAE's AS-20K / ESC-50 column shortened for a CPU: 20 epochs (2 warmup), batch 32,
 base lr 1e-3, AdamW (0.9, 0.999), wd 1e-4, layer decay 0.75, mixup 0.5, token dropping
 0.2 of frequency rows and 0.2 of time columns, regularised masking 0.1 (A-JEPA),
@@ -13,7 +13,7 @@ balanced sampling of multi-label tasks, 3 seeds.
 
 Training:
   AdamW, lr = base_lr * batch / 256, linear warmup then cosine to 0 over every step; no
-    weight decay on biases, norms and positions (optim.weight_decay_mask).
+    weight decay on biases, norms and positions (optimizer.weight_decay_mask).
   Crops: a random window of model length (`frontend_meta['frames']`) per clip and epoch,
     or of the task's unit_sec when that is shorter (then padded to model length with the
     front end's floor, as are clips shorter than the window). A clip longer than unit_sec
@@ -26,7 +26,7 @@ Training:
     (at least one), chosen at random; the encoder sees only those tokens (static shapes,
     through its `idx` argument).
   Regularised masking (A-JEPA, `rm_rate` > 0): in every layer floor(rate * tokens) random
-    keys are invisible to every query (vit.regularised_key_masks).
+    keys are invisible to every query (attention.regularised_key_masks).
   Loss: softmax cross-entropy on (soft, with mixup) targets; sigmoid binary
     cross-entropy, mean over classes, for multi-label tasks.
   Sampling: shuffled epochs; for multi-label tasks with `balanced_sampling`, epochs of
@@ -63,8 +63,12 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jepa_jax import config_lib, features, layerwise, mixing, optim, scores, task_data, vit
-from jepa_jax import patches as patches_lib
+from jepa_jax.config import fields, validation
+from jepa_jax.evaluation import features, scores, task_data
+from jepa_jax.models import attention, layers, vit
+from jepa_jax.models import patches as patches_lib
+from jepa_jax.objectives import mixing
+from jepa_jax.optim import layerwise, optimizer
 
 
 class Head(nn.Module):
@@ -74,7 +78,7 @@ class Head(nn.Module):
   @nn.compact
   def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
     x = tokens.astype(jnp.float32).mean(1)
-    x = nn.LayerNorm(epsilon=vit.LN_EPS, name="fc_norm")(x)
+    x = nn.LayerNorm(epsilon=layers.LN_EPS, name="fc_norm")(x)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(2e-5),
                     name="linear")(x)
 
@@ -82,10 +86,10 @@ class Head(nn.Module):
 def settings_of(settings) -> ml_collections.ConfigDict:
   """FINETUNE_DEFAULTS overridden by `settings` (a ConfigDict or dict), validated."""
   given = dict(settings.items()) if settings is not None else {}
-  merged = {**config_lib.FINETUNE_DEFAULTS, **given}
-  errors = config_lib.finetune_errors(merged)
+  merged = {**fields.FINETUNE_DEFAULTS, **given}
+  errors = validation.finetune_errors(merged)
   if errors:
-    raise config_lib.ConfigError("invalid fine-tuning settings:\n  - " + "\n  - ".join(errors))
+    raise fields.ConfigError("invalid fine-tuning settings:\n  - " + "\n  - ".join(errors))
   return ml_collections.ConfigDict(merged)
 
 
@@ -131,17 +135,17 @@ def make_optimizer(s) -> optax.GradientTransformation:
   layer-wise decay factors of params['encoder'] (the head gets factor 1)."""
   _, after = layerwise.transformations(s.layer_decay, 0, "encoder")
   adamw = optax.adamw(1.0, b1=s.b1, b2=s.b2, eps=1e-8, weight_decay=s.weight_decay,
-                      mask=optim.weight_decay_mask)
+                      mask=optimizer.weight_decay_mask)
   return optax.chain(adamw, *after)
 
 
 def learning_rates(s, steps_per_epoch: int) -> np.ndarray:
-  """lr of every step, optim.learning_rate_schedule's values (linear warmup to base_lr *
+  """lr of every step, optimizer.learning_rate_schedule's values (linear warmup to base_lr *
   batch / 256 over warmup_epochs, then cosine to 0 at the last step), precomputed so the
   compiled step takes the lr as an argument whatever the number of steps."""
   total = s.epochs * steps_per_epoch
   warmup = min(round(s.warmup_epochs * steps_per_epoch), total - 1)
-  schedule = optim.learning_rate_schedule(
+  schedule = optimizer.learning_rate_schedule(
       ml_collections.ConfigDict(dict(base_lr=s.base_lr, end_lr_ratio=0.0)), s.batch_size,
       total, warmup)
   return np.asarray(jax.vmap(schedule)(jnp.arange(total)), np.float32)
@@ -192,7 +196,7 @@ def train_step(encoder: vit.Encoder, head: Head, opts: StepOptions, params, opt_
   tokens = encoder.grid[0] * encoder.grid[1] if idx is None else idx.shape[1]
   masks = None
   if opts.rm_rate > 0:
-    masks = vit.regularised_key_masks(r_rm, encoder.depth, b, tokens, opts.rm_rate)
+    masks = attention.regularised_key_masks(r_rm, encoder.depth, b, tokens, opts.rm_rate)
 
   def loss_fn(p):
     logits = apply_model(encoder, head, p, x, idx, masks)

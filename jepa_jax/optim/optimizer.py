@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import optax
 
-from jepa_jax import ema, layerwise
+from jepa_jax.optim import ema, layerwise
 
 
 def peak_learning_rate(base_lr: float, batch_size: int) -> float:

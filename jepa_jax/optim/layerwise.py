@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jepa_jax import vit
+from jepa_jax.models import vit
 
 # (layer ids, number of blocks L) -> factor per id
 FactorFn = Callable[[np.ndarray, int], np.ndarray]

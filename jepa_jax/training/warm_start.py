@@ -14,8 +14,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jepa_jax import checkpoint, export
-from jepa_jax.config_lib import ConfigError
+from jepa_jax import export
+from jepa_jax.config.fields import ConfigError
+from jepa_jax.training import checkpoint
 
 # What makes two configs' encoders (and their inputs) interchangeable.
 ENCODER_FIELDS = ("model.patch_shape", "model.width", "model.depth", "model.num_heads",

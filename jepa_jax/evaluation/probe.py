@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jepa_jax import scores
+from jepa_jax.evaluation import scores
 
 CLASS_PAD = 8  # classes are padded to a multiple of this: tasks share one compiled probe
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # torch.nn.BatchNorm1d

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from data_pipelines import frontends
+
 FIELDS = ("background", "time_shift", "gain", "noise", "freq_masks", "freq_mask", "time_masks",
           "time_mask")
 
@@ -59,7 +61,6 @@ def config_errors(a: ml_collections.ConfigDict, section: str) -> list[str]:
 def ln_power_scale(frontend: str, normalization: str) -> float:
   """ln(power) per unit of the model input: the front end's log unit times the recipe's
   normalisation divisor. Only the recipe's constants are known before the data is read."""
-  from data_pipelines import frontends
   if normalization != "recipe":
     raise ValueError(f"the background mix needs data.normalization 'recipe' (its scale is "
                      f"known up front), got {normalization!r}; or set background to 0")

@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import default_corpus, frontends, pipeline, shards
-from jepa_jax import config_lib
+from data_pipelines import tasks as tasks_lib
+from jepa_jax.config import fields
 
 
 class DataError(RuntimeError):
@@ -49,29 +50,14 @@ def _resolve(config: ml_collections.ConfigDict) -> TrainingData:
     shard_dir, tasks = corpus.pretrain, corpus.tasks
     metadata = shards.read_metadata(shard_dir)
   pipeline.check_frontend(metadata, shard_dir, config.data.frontend)
-  excluded = class_indices(config_lib.parse_classes(config.data.get("exclude_classes", "")),
-                           metadata.get("label_maps", {}), f"{shard_dir}")
+  excluded = tasks_lib.class_indices(fields.parse_classes(config.data.exclude_classes),
+                                     metadata.get("label_maps", {}), f"{shard_dir}")
   indices = shards.ShardSource(shard_dir).indices_without(excluded) if excluded else None
   if indices is not None and len(indices) == 0:
     raise ValueError(f"data.exclude_classes leaves none of the {metadata['num_examples']} "
                      f"records of {shard_dir}")
   return TrainingData(shard_dir, metadata, tasks, indices)
 
-
-def class_indices(classes: dict[str, tuple[str, ...]], label_maps: dict[str, list[str]],
-                  where: str) -> dict[str, set[int]]:
-  """{task: class names} -> {task: indices in label_maps[task]}; unknown names are errors."""
-  out = {}
-  for task, names in classes.items():
-    if task not in label_maps:
-      raise ValueError(f"{where} has no label task {task!r}; its tasks: "
-                       f"{', '.join(label_maps) or 'none'}")
-    unknown = [n for n in names if n not in label_maps[task]]
-    if unknown:
-      raise ValueError(f"{where}: task {task} has no class {', '.join(map(repr, unknown))}; "
-                       f"its classes: {', '.join(label_maps[task])}")
-    out[task] = {label_maps[task].index(n) for n in names}
-  return out
 
 
 def frontend_metadata(config: ml_collections.ConfigDict, data: TrainingData) -> dict:

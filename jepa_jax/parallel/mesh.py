@@ -15,7 +15,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jepa_jax import config_lib, distributed
+from jepa_jax.config import fields
+from jepa_jax.parallel import distributed
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -118,7 +119,7 @@ def check_replicated(check: ml_collections.ConfigDict, abstract_state, shardings
   if check.fail:
     named = ", ".join(f"{x.path} {x.shape}" for x in leaves[:8])
     more = f" and {len(leaves) - 8} more" if len(leaves) > 8 else ""
-    raise config_lib.ConfigError(
+    raise fields.ConfigError(
         f"sharding_check: {len(leaves)} leaves over sharding_check.replicated_mib="
         f"{check.replicated_mib} MiB are replicated on every device of mesh "
         f"{_mesh_text(mesh)}: {named}{more}; for each, {fix}, or set "

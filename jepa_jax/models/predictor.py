@@ -15,8 +15,10 @@ Two layouts of the query tokens:
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jepa_jax.patches import gather_tokens
-from jepa_jax.vit import Dtype, PositionTable, Transformer, Windows, dense
+from jepa_jax.models.attention import Windows
+from jepa_jax.models.layers import Dtype, dense
+from jepa_jax.models.patches import gather_tokens
+from jepa_jax.models.vit import PositionTable, Transformer
 
 
 class Predictor(nn.Module):

@@ -6,7 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-from jepa_jax import distributed
+from tensorboardX import SummaryWriter
+
+from jepa_jax.parallel import distributed
 
 
 class MetricWriter:
@@ -20,7 +22,6 @@ class MetricWriter:
       keep = [line for line in self.path.read_text().splitlines()
               if line.strip() and json.loads(line)["step"] <= resume_step]
       self.path.write_text("".join(line + "\n" for line in keep))
-    from tensorboardX import SummaryWriter
     self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:

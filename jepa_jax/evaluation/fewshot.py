@@ -13,7 +13,7 @@ two separate intervals because both encoders face the same support and query cli
 """
 import numpy as np
 
-from jepa_jax import knn
+from jepa_jax.evaluation import knn
 
 WAYS, SHOTS, QUERIES, EPISODES = 5, (1, 5), 15, 600
 Z95 = 1.96

@@ -1,26 +1,18 @@
-"""Build the modules a config names (one place that reads model fields)."""
+"""Build the modules a config names (one place that reads model fields). The token grid
+comes in as an argument (config/shapes.py derives it from the front end): models never
+read data."""
 import jax.numpy as jnp
 import ml_collections
 
-from jepa_jax import patches, predictor, vit
+from jepa_jax.models import attention, predictor, vit
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 ATTENTION = ("global", "local")
+
+
 PREDICTOR_LAYOUTS = ("queries", "full_grid")
-
-
-def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(mels, frames) of one training example."""
-  from data_pipelines import frontends  # local: keeps model import light
-  return frontends.get_frontend(config.data.frontend).n_mels, config.data.frames
-
-
-def patch_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  return tuple(config.model.patch_shape)
-
-
-def grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  return patches.patch_grid(input_shape(config), patch_shape(config))
 
 
 def _attention_impl(model: ml_collections.ConfigDict) -> str | None:
@@ -33,7 +25,8 @@ def stack_options(section: ml_collections.ConfigDict) -> dict:
   return dict(scan=section.get("scan_layers", False), remat=section.get("remat", "none"))
 
 
-def stack_errors(config: ml_collections.ConfigDict, section: str) -> list[str]:
+def stack_errors(config: ml_collections.ConfigDict, section: str,
+                 grid: tuple[int, int]) -> list[str]:
   """Errors of a section's scan_layers and remat fields."""
   s = config[section]
   options, errors = stack_options(s), []
@@ -43,46 +36,48 @@ def stack_errors(config: ml_collections.ConfigDict, section: str) -> list[str]:
     errors.append(f"{section}.remat must be one of {vit.REMAT}, got {options['remat']!r}")
   if options["scan"] is True and section != "model" and s.attention == "local":
     try:
-      period = vit.scan_period(windows(s, grid(config)))
+      period = vit.scan_period(windows(s, grid))
     except ValueError:
-      period = 1  # bad windows are reported by head_config_errors
+      period = 1  # bad windows are reported by predictor_config_errors
     if s.depth % period:
       errors.append(f"{section}.scan_layers scans shifted-window blocks in (unshifted, shifted) "
                     f"pairs: {section}.depth must be even, got {s.depth}")
   return errors
 
 
-def build_encoder(config: ml_collections.ConfigDict) -> vit.Encoder:
+def build_encoder(config: ml_collections.ConfigDict, grid: tuple[int, int]) -> vit.Encoder:
   m = config.model
-  return vit.Encoder(grid=grid(config), patch_shape=patch_shape(config), width=m.width,
+  return vit.Encoder(grid=grid, patch_shape=tuple(m.patch_shape), width=m.width,
                      depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
                      dtype=DTYPES[m.dtype], attention_impl=_attention_impl(m),
                      positions=m.positions, **stack_options(m))
 
 
-def windows(head: ml_collections.ConfigDict, token_grid: tuple[int, int]) -> vit.Windows | None:
+def windows(head: ml_collections.ConfigDict,
+            token_grid: tuple[int, int]) -> attention.Windows | None:
   """The local-attention windows of a predictor / decoder section, or None (global)."""
   if head.attention == "global":
     return None
-  return vit.Windows(token_grid, (head.window.freq, head.window.time),
-                     (head.shift.freq, head.shift.time))
+  return attention.Windows(token_grid, (head.window.freq, head.window.time),
+                           (head.shift.freq, head.shift.time))
 
 
-def build_predictor(config: ml_collections.ConfigDict, section: str = "predictor",
-                    out_dim: int | None = None) -> predictor.Predictor:
+def build_predictor(config: ml_collections.ConfigDict, grid: tuple[int, int],
+                    section: str = "predictor", out_dim: int | None = None
+                    ) -> predictor.Predictor:
   """The JEPA predictor (out_dim = encoder width) or, with section='decoder' and the
   patch size as out_dim, the MAE decoder: one module, two uses."""
   p = config[section]
-  token_grid = grid(config)
   return predictor.Predictor(
-      grid=token_grid, width=p.width, depth=p.depth, num_heads=p.num_heads,
+      grid=grid, width=p.width, depth=p.depth, num_heads=p.num_heads,
       mlp_dim=p.mlp_dim, out_dim=config.model.width if out_dim is None else out_dim,
       dtype=DTYPES[config.model.dtype], attention_impl=_attention_impl(config.model),
-      full_grid=p.layout == "full_grid", windows=windows(p, token_grid),
+      full_grid=p.layout == "full_grid", windows=windows(p, grid),
       positions=p.positions, **stack_options(p))
 
 
-def head_config_errors(config: ml_collections.ConfigDict, section: str) -> list[str]:
+def predictor_config_errors(config: ml_collections.ConfigDict, section: str,
+                            grid: tuple[int, int]) -> list[str]:
   """Errors of a predictor / decoder section's attention and layout fields."""
   p = config[section]
   errors = []
@@ -96,7 +91,7 @@ def head_config_errors(config: ml_collections.ConfigDict, section: str) -> list[
     if p.layout != "full_grid":
       errors.append(f"{section}.attention 'local' needs {section}.layout 'full_grid'")
     try:
-      windows(p, grid(config))
+      windows(p, grid)
     except ValueError as err:
       errors.append(f"{section}: {err}")
   return errors

@@ -36,8 +36,7 @@ crosses of A-JEPA-sized blocks usually cover every row: there `cross` mostly fal
 and `time` removal is the one that keeps the paper's intent.)
 
 Strategies (by config name): unstructured, multi_block, time, time_frequency_aware,
-curriculum (A-JEPA), grouped (Dasheng MAE), time_and_frequency (AudioMAE lines).
-"""
+curriculum (A-JEPA), grouped (Dasheng MAE), time_and_frequency (AudioMAE lines)."""
 import math
 from collections.abc import Callable
 
@@ -86,11 +85,12 @@ def default_config(strategy: str = "unstructured", **overrides) -> ml_collection
 
 
 REMOVALS = ("cross", "time", "freq", "random")
+
+
 GRANULARITIES = ("step", "sample")
+
+
 ORDERS = ("easy_to_hard", "hard_to_easy")
-
-
-# --- geometry -------------------------------------------------------------------------
 
 
 def _block_hw(area, aspect, grid):
@@ -215,11 +215,6 @@ def constrained_block(rng, grid, n: int, size_fn, acceptable, min_context: int,
 
 def _pair(x):
   return tuple(float(v) for v in x)
-
-
-# --- strategies -----------------------------------------------------------------------
-# Each takes (rng, n, grid, cfg, step, total_steps) with the whole mask config and
-# returns a MaskSet with K = 1 for n samples (sample() folds mask sets into n).
 
 
 def _set(context_idx, context_valid, target_idx, target_valid) -> MaskSet:
@@ -404,6 +399,7 @@ STRATEGIES: dict[str, Callable[..., MaskSet]] = {
     "time_and_frequency": time_and_frequency,
 }
 
+
 SCOPE = "mask_sampling"
 
 
@@ -449,85 +445,3 @@ def config_errors(cfg: ml_collections.ConfigDict, grid: tuple[int, int]) -> list
   except ValueError as err:
     errors.append(str(err))
   return errors
-
-
-# --- pictures ---------------------------------------------------------------------------
-
-COLOURS = {"unused": "#e6e6e6", "context": "#3b75af", "target": "#ef8636"}
-
-
-def draw_masks(m: MaskSet, grid, titles: list[str], path, columns: int = 4) -> None:
-  """One panel per clip (first mask set): context, target and unused patches in the
-  colours of COLOURS, like Audio-JEPA's figure 1 (frequency up, time to the right)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib.colors import ListedColormap
-
-  n = len(titles)
-  rows = -(-n // columns)
-  aspect = grid[0] / grid[1]
-  fig, axes = plt.subplots(rows, columns, squeeze=False,
-                           figsize=(3.2 * columns, max(0.5, 3.2 * aspect) * rows + 0.6 * rows))
-  cmap = ListedColormap([COLOURS["unused"], COLOURS["context"], COLOURS["target"]])
-  for i, ax in enumerate(axes.ravel()):
-    ax.set_axis_off()
-    if i >= n:
-      continue
-    picture = np.zeros(grid[0] * grid[1], int)
-    ci, cv = np.asarray(m.context_idx[i, 0]), np.asarray(m.context_valid[i, 0])
-    ti, tv = np.asarray(m.target_idx[i, 0]), np.asarray(m.target_valid[i, 0])
-    picture[ci[cv]] = 1
-    picture[ti[tv]] = 2
-    ax.pcolormesh(picture.reshape(grid), cmap=cmap, vmin=0, vmax=2, edgecolors="white",
-                  linewidth=0.3 if grid[1] <= 64 else 0.0)
-    ax.set_title(titles[i], fontsize=8)
-  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-  fig.legend(handles, list(COLOURS), loc="lower center", ncol=3, fontsize=8, frameon=False)
-  fig.tight_layout(rect=(0, 0.06, 1, 1))
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
-
-
-def main(argv=None) -> None:
-  """python -m jepa_jax.masks --strategy NAME [--config FILE] [--grid F,T] --out FILE.png"""
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  flags.DEFINE_string("strategy", None, f"one of {sorted(STRATEGIES)}")
-  config_flags.DEFINE_config_file("config", None, "training config: its grid and mask "
-                                  "parameters (default: Audio-JEPA's 5 x 13 grid)")
-  flags.DEFINE_list("grid", None, "frequency,time patches (default: the config's grid)")
-  flags.DEFINE_string("out", None, "PNG to write")
-  flags.DEFINE_integer("num", 8, "clips to draw")
-  flags.DEFINE_integer("seed", 0, "sampling seed")
-  flags.mark_flags_as_required(["strategy", "out"])
-
-  def run(_):
-    from jepa_jax import models
-    config = flags.FLAGS.config
-    cfg = config.mask if config is not None else default_config()
-    grid = models.grid(config) if config is not None else (5, 13)
-    if flags.FLAGS.grid:
-      grid = tuple(int(x) for x in flags.FLAGS.grid)
-    cfg.strategy = flags.FLAGS.strategy
-    problems = config_errors(cfg, grid)
-    if problems:
-      raise SystemExit("error: " + "; ".join(problems))
-    total = 1000
-    # The curriculum changes with training: draw it across the run.
-    steps = np.linspace(0, total, flags.FLAGS.num).astype(int) if cfg.strategy == "curriculum" \
-        else np.zeros(flags.FLAGS.num, int)
-    keys = jax.random.split(jax.random.key(flags.FLAGS.seed), flags.FLAGS.num)
-    drawn = [sample(k, 1, grid, cfg, int(s), total) for k, s in zip(keys, steps)]
-    m = jax.tree.map(lambda *x: jnp.concatenate(x), *drawn)
-    titles = [f"{cfg.strategy}" + (f", step {s}/{total}" if cfg.strategy == "curriculum" else "")
-              for s in steps]
-    draw_masks(m, grid, titles, flags.FLAGS.out)
-    print(f"wrote {flags.FLAGS.out}")
-
-  app.run(run, argv)
-
-
-if __name__ == "__main__":
-  main()

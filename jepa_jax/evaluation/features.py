@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jepa_jax import patches as patches_lib
-from jepa_jax import vit
+from jepa_jax.models import patches as patches_lib
+from jepa_jax.models import vit
 
 
 def chunk(mels: list[np.ndarray], frames: int, patch_frames: int, pad_value):

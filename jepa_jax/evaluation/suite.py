@@ -1,0 +1,154 @@
+"""Evaluate a trained encoder on labelled tasks: `python -m jepa_jax.evaluate`.
+
+    python -m jepa_jax.evaluate --workdir=RUN --task=DIR[,DIR...] --protocol=P
+        [--baselines=random_init,mean_logmel] [--freq_pool=concat|mean] [--unit_sec=S]
+
+P is one of (SPEC section 8):
+  linear    EVAR linear probe: standardised features, one linear layer, Adam at the
+            config's probe lr, early stopping on validation, best epoch, 3 seeds;
+  mlp       HEAR head: 1 or 2 hidden layers of 1024 with BatchNorm and dropout 0.1, the
+            Adam lr grid {3.2e-3, 1e-3, 3.2e-4, 1e-4}; depth and lr chosen on validation;
+  knn       L2-normalised cosine k-NN, k = 10, softmax-weighted vote at temperature 0.07;
+  fewshot   5-way 1-shot and 5-shot episodes (15 queries), nearest centroid, 600 episodes,
+            mean and 95 % confidence interval; with --frozen.fewshot_classes, only among those
+            classes ('held_out': the classes the run's data.exclude_classes kept out of
+            its training); every other feature set is also compared with the trained
+            encoder on the same episodes ('trained - NAME': the paired difference);
+  finetune  full fine-tuning (jepa_jax.evaluation.finetune; settings: the config's `finetune`
+            section stored in the export, with --finetune=name=value,... on top);
+  all       the four frozen protocols, plus a bar chart.
+Each runs on the trained encoder and on the baselines asked for (the encoder at its
+random initialisation by default; `mean_logmel`: the clip's log-mel averaged over time;
+a path with a '/': another run's exported encoder, e.g. the one this run started from).
+Tasks: task folders (audio + meta.csv) or labelled mel shards (task_data); folds give
+leave-one-fold-out runs averaged per seed. Multi-label tasks report mAP and d-prime.
+
+Results accumulate in RUN/eval/results.json (task -> protocol -> feature set) and are
+rendered to RUN/eval/results.md; `all` also draws RUN/eval/results.png. The last line
+printed is the JSON of this call's results."""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines import default_corpus
+from jepa_jax import export
+from jepa_jax.evaluation import embeddings, finetune, frozen, report, scores, task_data
+
+PROTOCOLS = frozen.FROZEN + ("finetune",)
+
+
+def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -> dict:
+  # Older exports have no finetune section: the defaults fill what is not given.
+  settings = {**config.get("finetune", {}), **overrides}
+  finetune.settings_of(settings)  # bad settings fail here, before any audio is read
+  encoders = [fs for fs in sets if fs.encoder is not None]  # a fixed feature has nothing to tune
+  results = {}
+  for source in sources:
+    if not encoders:
+      continue
+    task, mels = task_data.load_mels(source, frontend_meta, unit_sec, whole=True)
+    for fs in encoders:
+
+      def progress(p, name=fs.name, task_name=task.name):
+        valid = ", ".join(f"{k} {v:.3f}" for k, v in p["valid"].items())
+        print(f"finetune {task_name} {name}: seed {p['seed']} fold {p['fold']} epoch "
+              f"{p['epoch']} loss {p['loss']:.4f} valid {valid}", file=sys.stderr)
+
+      results.setdefault(task.name, {}).setdefault("finetune", {})[fs.name] = (
+          finetune.finetune_task(fs.encoder, fs.params, frontend_meta, task, mels,
+                                 settings, progress=progress))
+  return results
+
+
+def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
+             feature_sets: tuple[str, ...] = ("trained", "random_init"),
+             freq_pool: str = "concat", unit_sec: float | None = None, chart: bool = False,
+             finetune_settings: dict | None = None, fewshot_classes_spec: str = "") -> dict:
+  """Run `protocols` on every task for every feature set; write and return the results
+  (task -> protocol -> feature set -> {'scores': ...}). `finetune_settings` override the
+  export's config.finetune fields; `fewshot_classes_spec` as --frozen.fewshot_classes."""
+  unknown = sorted(set(protocols) - set(PROTOCOLS))
+  if unknown:
+    raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; known: "
+                     f"{', '.join(PROTOCOLS)}, all")
+  config, frontend_meta, sets = embeddings.load_feature_sets(workdir, feature_sets)
+  results = {}
+  frozen = [p for p in protocols if p in frozen.FROZEN]
+  if "fewshot" in frozen:  # bad class names fail here, before any audio is encoded
+    chosen = frozen.fewshot_classes(fewshot_classes_spec, config,
+                             [task_data.read(s, unit_sec) for s in sources])
+  if frozen:
+    for task, x in embeddings.embed_tasks(workdir, sources, sets, frontend_meta,
+                                     freq_pool=freq_pool, unit_sec=unit_sec,
+                                     chunk_batch=config.probe.chunk_batch):
+      for protocol in frozen:
+        if protocol == "fewshot":
+          if task.multilabel or (chosen and task.name not in chosen):
+            print(f"fewshot: skipping {'multi-label ' * task.multilabel}task {task.name}"
+                  + ("" if task.multilabel else " (not in --frozen.fewshot_classes)"),
+                  file=sys.stderr)
+            continue
+          results.setdefault(task.name, {})[protocol] = _fewshot_sets(
+              x, task, chosen.get(task.name))
+          continue
+        results.setdefault(task.name, {})[protocol] = {
+            name: frozen.RUNNERS[protocol](features, task, config.probe)
+            for name, features in x.items()}
+  if "finetune" in protocols:
+    for task, by_protocol in _finetune(sources, sets, frontend_meta, config, unit_sec,
+                                       finetune_settings or {}).items():
+      results.setdefault(task, {}).update(by_protocol)
+  report.write_results(workdir, results, chart)
+  return results
+
+
+def _fewshot_sets(x: dict, task, classes: tuple[str, ...] | None) -> dict:
+  """Few-shot results of every feature set, and each one's paired difference from the
+  trained encoder on the same episodes."""
+  out = {name: frozen.fewshot_protocol(features, task, classes) for name, features in x.items()}
+  for name, features in x.items():
+    if name != "trained" and "trained" in x:
+      out[frozen.difference_name(name)] = frozen.fewshot_protocol(x["trained"], task, classes,
+                                                    baseline=features)
+  return out
+
+
+def probe_summary(results: dict) -> dict:
+  """The main job's line from linear-probe results: task means per feature set,
+  `probe_accuracy<_name>` (the headline score: accuracy, or mAP for multi-label tasks)
+  and the seed std of the task mean (`..._seed_std`), with per-task values."""
+  out = {}
+  sets = next(iter(results.values()))["linear"]
+  for fs in sets:
+    per_task = [next(iter(by_p["linear"][fs]["scores"].values()))["per_seed"]
+                for by_p in results.values()]
+    task_mean = scores.summary([{"s": v} for v in np.mean(per_task, 0)])["s"]
+    key = "probe_accuracy" if fs == "trained" else f"probe_accuracy_{fs}"
+    out[key], out[key + "_seed_std"] = task_mean["mean"], task_mean["std"]
+  out["tasks"] = {t: {fs: {k: v for k, v in next(iter(r["scores"].values())).items()
+                           if k in ("mean", "std")}
+                      for fs, r in by_p["linear"].items()}
+                  for t, by_p in results.items()}
+  return out
+
+
+def probe_workdir(workdir: str | Path, sources: list | None = None) -> dict:
+  """The main job's probe: linear protocol on the trained encoder, its random init and
+  the mean-log-mel baseline (default tasks: the embedded corpus's); `probe_summary`."""
+  results = evaluate(workdir, sources or default_tasks(workdir), ("linear",),
+                     ("trained", "random_init", embeddings.MEAN_LOGMEL))
+  return probe_summary(results)
+
+
+def default_tasks(workdir: str | Path) -> list[Path]:
+  """The embedded corpus's tasks, for a run trained on it."""
+  config = export.load_config(embeddings.export_dir(workdir))
+  if config.data.dir:
+    raise ValueError("the run trained on prepared data, which has no probe tasks: give "
+                     "--task (a folder of audio with meta.csv, or labelled mel shards)")
+  s = config.data.synthetic
+  corpus = default_corpus.ensure_default_corpus(
+      num_pretrain=s.num_pretrain, num_probe=s.num_probe, seed=s.seed,
+      frontend=config.data.frontend)
+  return list(corpus.tasks.values())

@@ -1,0 +1,142 @@
+"""Attention of the ViT blocks: dense multi-head attention with a key mask, shifted local
+windows (Swin-style), and A-JEPA's regularised key masks for fine-tuning."""
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jepa_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+  """Local attention over a (frequency, time) token grid in frequency-major order:
+  non-overlapping `size` windows, after a cyclic shift of the grid by `shift` tokens
+  towards the origin (Swin); tokens that wrapped across an edge never attend to the
+  ones they were not next to."""
+  grid: tuple[int, int]
+  size: tuple[int, int]
+  shift: tuple[int, int] = (0, 0)
+
+  def __post_init__(self):
+    for axis, g, w, s in zip(("frequency", "time"), self.grid, self.size, self.shift):
+      if w < 1 or g % w:
+        raise ValueError(f"attention window {self.size} does not tile the {axis} axis of the "
+                         f"token grid {self.grid}; pick a window side dividing {g}")
+      if not 0 <= s < w:
+        raise ValueError(f"window shift {self.shift} must be in [0, window) = [0, {w}) on the "
+                         f"{axis} axis")
+
+  @property
+  def count(self) -> int:
+    return (self.grid[0] // self.size[0]) * (self.grid[1] // self.size[1])
+
+  def partition(self, x: jnp.ndarray) -> jnp.ndarray:
+    """(B, F*T, ...) tokens -> (B * windows, window tokens, ...), windows row-major.
+    NumPy in, NumPy out (for the static mask); jax arrays otherwise."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    (gf, gt), (wf, wt) = self.grid, self.size
+    b, rest = x.shape[0], x.shape[2:]
+    x = xp.roll(x.reshape(b, gf, gt, *rest), (-self.shift[0], -self.shift[1]), axis=(1, 2))
+    x = x.reshape(b, gf // wf, wf, gt // wt, wt, *rest).swapaxes(2, 3)
+    return x.reshape(b * self.count, wf * wt, *rest)
+
+  def merge(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Inverse of `partition`."""
+    (gf, gt), (wf, wt) = self.grid, self.size
+    rest = x.shape[2:]
+    x = x.reshape(-1, gf // wf, gt // wt, wf, wt, *rest).swapaxes(2, 3)
+    x = jnp.roll(x.reshape(-1, gf, gt, *rest), self.shift, axis=(1, 2))
+    return x.reshape(-1, gf * gt, *rest)
+
+  @functools.cached_property
+  def region_mask(self) -> np.ndarray:
+    """(windows, w, w) bool: query and key were neighbours before the cyclic shift, i.e.
+    both or neither wrapped across each edge (Swin's shifted-window attention mask)."""
+    f, t = np.meshgrid(np.arange(self.grid[0]), np.arange(self.grid[1]), indexing="ij")
+    # After rolling by -shift, positions >= size - shift hold the tokens that wrapped.
+    region = (f >= self.grid[0] - self.shift[0]) * 2 + (t >= self.grid[1] - self.shift[1])
+    region = self.partition(region.reshape(1, -1))
+    return region[:, :, None] == region[:, None, :]
+
+
+def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
+                     implementation: str | None) -> jnp.ndarray:
+  """Self-attention over (B, S, heads, head_dim) by `jax.nn.dot_product_attention`, with a
+  bool `mask` broadcastable to (B, heads, S, S) or None. cuDNN takes a mask as a bias of
+  the whole (S, S) shape and only an even S: an odd sequence gets one more token that no
+  query attends to, dropped from the output."""
+  n, pad = q.shape[1], q.shape[1] % 2
+  if implementation != "cudnn" or (mask is None and not pad):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  if mask is None:
+    mask = jnp.ones((q.shape[0], 1, 1, n), bool)
+  q, k, v = (jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))) for t in (q, k, v))
+  mask = jnp.pad(jnp.broadcast_to(mask, mask.shape[:2] + (n, n)),
+                 ((0, 0), (0, 0), (0, pad), (0, pad)))  # False: the extra key is off
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")[:, :n]
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention, global or within `windows`; `key_mask` (B, S) bool
+  switches keys off."""
+  num_heads: int
+  dtype: layers.Dtype = jnp.float32
+  implementation: str | None = None  # None lets jax choose; 'xla' or 'cudnn'
+  windows: Windows | None = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
+    head_dim = width // self.num_heads
+    # One fused QKV projection (a single larger GEMM); Xavier over (width, 3 * width)
+    # as the reference Linear(width, 3 * width).
+    qkv = layers.Projection((3, self.num_heads, head_dim), ("embed",), (None, "heads", "kv"),
+                     self.dtype, name="qkv")(x)
+    if self.windows is None:
+      mask = None if key_mask is None else key_mask[:, None, None, :]
+    else:
+      w = self.windows
+      if x.shape[1] != w.grid[0] * w.grid[1]:
+        raise ValueError(f"windowed attention needs the whole {w.grid} token grid, got "
+                         f"{x.shape[1]} tokens")
+      qkv = w.partition(qkv)
+      mask = jnp.tile(jnp.asarray(w.region_mask), (x.shape[0], 1, 1))
+      if key_mask is not None:
+        mask = mask & w.partition(key_mask)[:, None, :]
+      mask = mask[:, None]  # (B * windows, heads, queries, keys)
+    out = masked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, self.implementation)
+    if self.windows is not None:
+      out = self.windows.merge(out)
+    return layers.Projection((width,), ("heads", "kv"), ("embed",), self.dtype, name="out")(out)
+
+
+def layer_mask(key_mask: jnp.ndarray | None, extra: jnp.ndarray | None) -> jnp.ndarray | None:
+  """The key mask of one layer: `key_mask` (B, S) and that layer's `extra` (B, S), either
+  of which may be None."""
+  if key_mask is None or extra is None:
+    return extra if key_mask is None else key_mask
+  return key_mask & extra
+
+
+def regularised_key_masks(rng: jax.Array, depth: int, batch: int, tokens: int, rate: float,
+                          valid: jnp.ndarray | None = None) -> jnp.ndarray:
+  """(depth, batch, tokens) bool key masks of A-JEPA's regularised masking, False at the
+  keys a layer drops: in each layer and example, floor(rate * n) of its n valid tokens
+  (`valid` (batch, tokens), all when None), chosen uniformly at random and independently
+  per layer, but never all n. Padding is never chosen (the valid mask hides it anyway)."""
+  n = jnp.full((batch,), tokens, jnp.int32) if valid is None else valid.sum(-1, dtype=jnp.int32)
+  # The epsilon keeps float rounding from flooring a whole rate * n one too low.
+  drop = jnp.floor(rate * n.astype(jnp.float32) + 1e-4).astype(jnp.int32)
+  drop = jnp.clip(drop, 0, jnp.maximum(n - 1, 0))
+  u = jax.random.uniform(rng, (depth, batch, tokens))
+  if valid is not None:
+    u = jnp.where(valid[None], u, 2.0)  # padding ranks after every valid token
+  # Random ranks: the `drop` lowest-ranked tokens are a uniform random subset of that size.
+  rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
+  return rank >= drop[None, :, None]
