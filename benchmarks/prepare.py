@@ -27,8 +27,11 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from data_pipelines import audio_io, prepare, shards  # noqa: E402
+from data_pipelines import audio_io, shards  # noqa: E402
 from data_pipelines.frontends import get_frontend  # noqa: E402
+from data_pipelines.prepare.plan import Options  # noqa: E402
+from data_pipelines.prepare.run import prepare  # noqa: E402
+from data_pipelines.prepare.workers import warm_up  # noqa: E402
 
 flags.DEFINE_integer("clips", 1000, "clips per format")
 flags.DEFINE_float("seconds", 10.0, "clip length")
@@ -77,7 +80,7 @@ def cpu_seconds() -> float:
 def time_prepare(folder: Path, out: Path, workers: int) -> dict:
   cpu = cpu_seconds()
   t = time.perf_counter()
-  summary = prepare.prepare(out, input_dir=folder, options=prepare.Options(
+  summary = prepare(out, input_dir=folder, options=Options(
       frontend=FLAGS.frontend, max_seconds=max(60.0, FLAGS.seconds)), workers=workers,
       progress=False, log=lambda message: None)
   seconds = time.perf_counter() - t
@@ -123,7 +126,7 @@ def stage_profile(folder: Path, count: int) -> dict:
 def main(_):
   workdir = Path(FLAGS.workdir or tempfile.mkdtemp(prefix="prepare-bench-"))
   t = time.perf_counter()
-  prepare._warm_up(get_frontend(FLAGS.frontend))  # librosa's lazy imports, once
+  warm_up(get_frontend(FLAGS.frontend))  # librosa's lazy imports, once
   warm_up_s = time.perf_counter() - t
   rows = []
   for fmt in FLAGS.formats:

@@ -3,7 +3,7 @@
 A recipe is a frozen dataclass holding every parameter; `to_dict()` is written into each
 shard's metadata so a model trained on one front end refuses shards made with another.
 
-  name        kind         what it computes (SPEC section 1)
+  name        kind         what it computes (docs/frontends.md)
   audio_jepa  ln_mel       centred Hann STFT 400/400/160, 80 HTK mels 50-8000 Hz,
                            ln(power + eps)                                   (M2D)
   ajepa       kaldi_fbank  Kaldi fbank as AudioMAE calls it: 25 ms frames every 10 ms

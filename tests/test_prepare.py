@@ -12,10 +12,12 @@ import pytest
 import soundfile as sf
 
 import data_pipelines
-from data_pipelines import prepare
 from data_pipelines.audio_io import load_audio, segment_bounds
 from data_pipelines.frontends import get_frontend
-from data_pipelines.prepare import ItemFailed, Options, PrepareError
+from data_pipelines.prepare import cli, sources, units
+from data_pipelines.prepare.errors import ItemFailed, PrepareError
+from data_pipelines.prepare.plan import Options
+from data_pipelines.prepare.run import prepare
 from data_pipelines.shards import ShardSource, read_metadata
 from tests.audio_faults import deny_opening
 
@@ -100,7 +102,7 @@ def _run(root, out, **kwargs):
   kwargs.setdefault("workers", 1)
   kwargs.setdefault("progress", False)
   kwargs.setdefault("log", lambda message: None)
-  return prepare.prepare(out, input_dir=root, **kwargs)
+  return prepare(out, input_dir=root, **kwargs)
 
 
 def _records(out: Path) -> list[dict]:
@@ -319,7 +321,7 @@ def test_front_end_failures_are_errors_of_their_file(tmp_path, monkeypatch):
 def test_ids_stay_int32(tmp_path, monkeypatch):
   root = tmp_path / "in"
   make_corpus(root, bad=False)
-  monkeypatch.setattr(prepare, "MAX_ID", 15)  # 9 items: long.wav's segment 2 would be 21
+  monkeypatch.setattr(units, "MAX_ID", 15)  # 9 items: long.wav's segment 2 would be 21
   summary = _run(root, tmp_path / "out")
   assert summary.errors == [("cat/long.wav", "3 segments would need example ids beyond "
                                              "2**31; raise --max_seconds")]
@@ -347,10 +349,10 @@ def test_tfds_source(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "data_pipelines.tfds_audio", fake)
   # The package attribute too: an earlier test may have imported the real module.
   monkeypatch.setattr(data_pipelines, "tfds_audio", fake, raising=False)
-  monkeypatch.setattr(prepare, "_TFDS_OPEN", {})
+  monkeypatch.setattr(sources, "_TFDS_OPEN", {})
   out = tmp_path / "out"
-  summary = prepare.prepare(out, tfds=("fake", str(tmp_path), "train"), options=OPTIONS,
-                            workers=1, progress=False, log=lambda m: None)
+  summary = prepare(out, tfds=("fake", str(tmp_path), "train"), options=OPTIONS, workers=1,
+                    progress=False, log=lambda m: None)
   assert summary.errors == [("clip2", "contains NaN or inf samples")]
   assert summary.warnings == [("clip1", "2 channels: downmixed to mono"),
                               ("clip1", "sample rate 8000 Hz: resampled to 16000 Hz")]
@@ -368,8 +370,8 @@ def test_tfds_audio_dataset(tmp_path):
   tfds_audio = pytest.importorskip("data_pipelines.tfds_audio")
   make_corpus(tmp_path / "in", bad=False)
   name = tfds_audio.build_audio_folder(tmp_path / "in", tmp_path / "tfds")
-  summary = prepare.prepare(tmp_path / "out", tfds=(name, str(tmp_path / "tfds"), "train"),
-                            options=OPTIONS, workers=1, progress=False, log=lambda m: None)
+  summary = prepare(tmp_path / "out", tfds=(name, str(tmp_path / "tfds"), "train"),
+                    options=OPTIONS, workers=1, progress=False, log=lambda m: None)
   assert summary.errors == [] and summary.num_examples == 11  # as from the folder itself
   rows = _csv(tmp_path / "out/examples.csv")
   assert sorted({r["path"] for r in rows}) == sorted(
@@ -424,9 +426,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
       ([f"--input={tmp_path}/in", f"--output={tmp_path}/out"], "no audio files under"),
       ([f"--input={tmp_path}/in", f"--output={tmp_path}/out", "--frontend=nope"],
        "Unknown front end 'nope'"),
-      ([f"--input={tmp_path}/in"], "the following arguments are required: --output"),
-      ([f"--input={tmp_path}/in", "--output=o", "--on_error=ignore"], "invalid choice"),
-      ([f"--input={tmp_path}/in", "--output=o", "--workers=two"], "invalid int value"),
+      ([f"--input={tmp_path}/in"], "--output is required"),
+      ([f"--input={tmp_path}/in", "--output=o", "--on_error=ignore"],
+       "--on_error=ignore: value should be one of <skip|fail>"),
+      ([f"--input={tmp_path}/in", "--output=o", "--workers=two"],
+       "--workers=two: invalid literal for int()"),
+      ([f"--input={tmp_path}/in", "--output=o", "--drop_silent=maybe"],
+       "Non-boolean argument to boolean flag"),
+      ([f"--input={tmp_path}/in", "--output=o", "--nope=1"], "Unknown command line flag 'nope'"),
+      ([f"--input={tmp_path}/in", "--output=o", "stray"], "unexpected arguments ['stray']"),
   ]
   sf.write(tmp_path / "a.wav", _tone(0), SR)
   (tmp_path / "afile").write_text("x")
@@ -440,8 +448,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def _exit_code(argv) -> int:
   try:
-    return prepare.main(argv)
-  except SystemExit as e:  # argparse's own errors
+    return cli.main(argv)
+  except SystemExit as e:  # flag errors and --help
     return e.code
 
 
@@ -452,3 +460,37 @@ def test_cli_prepares(tmp_path):
   assert "prepared 11 examples from 9 inputs" in result.stderr
   assert "warnings: 4 (listed in warnings.csv)" in result.stderr
   assert json.loads((tmp_path / "out/metadata.json").read_text())["num_examples"] == 11
+
+
+def test_cli_flags_reach_prepare(monkeypatch, capsys):
+  """absl flags: --name=value or --name value, booleans as --x, --nox or --x=false."""
+  calls = []
+  monkeypatch.setattr(cli, "prepare", lambda output, **kwargs: calls.append((output, kwargs)))
+  base = ["--input=in", "--output", "out"]
+  for extra, drop_silent in (([], False), (["--drop_silent"], True),
+                             (["--drop_silent", "--nodrop_silent"], False),
+                             (["--drop_silent=false"], False), (["--drop_silent=true"], True)):
+    assert cli.main(base + extra) == 0
+    assert calls[-1][1]["options"].drop_silent is drop_silent, extra
+  assert cli.main(["--tfds=speech_commands", "--data_dir=d", "--output=o", "--workers=3",
+                   "--on_error=fail", "--max_seconds=2.5", "--min_seconds=0.5",
+                   "--max_shard_mb=64", "--frontend=ajepa", "--no_progress"]) == 0
+  output, kwargs = calls[-1]
+  assert output == "o" and kwargs["tfds"] == ("speech_commands", "d", "train")
+  assert (kwargs["input_dir"], kwargs["workers"], kwargs["on_error"], kwargs["progress"]) == (
+      None, 3, "fail", False)
+  assert kwargs["options"] == Options(frontend="ajepa", max_seconds=2.5, min_seconds=0.5,
+                                      max_shard_mb=64.0)
+  assert cli.main(["--input=in", "--output=out", "--labels=l.csv", "--split=test"]) == 0
+  assert (calls[-1][1]["labels_csv"], calls[-1][1]["labels_from"], calls[-1][1]["tfds"]) == (
+      "l.csv", None, None)
+  assert cli.main(["--input=in", "--output=out", "--labels_from=folders"]) == 0
+  assert calls[-1][1]["labels_from"] == "folders" and calls[-1][1]["workers"] is None
+  with pytest.raises(SystemExit) as done:
+    cli.main(["--help"])
+  out = capsys.readouterr().out
+  assert done.value.code == 0 and out.startswith("Any audio folder or TFDS dataset")
+  for name in ("input", "output", "frontend", "labels", "labels_from", "workers", "on_error",
+               "max_seconds", "min_seconds", "drop_silent", "max_shard_mb", "tfds",
+               "data_dir", "split", "no_progress"):
+    assert f"--{name}:" in out or f"--[no]{name}:" in out, name

@@ -340,3 +340,8 @@ def test_cli(built, tmp_path):
   assert bad.returncode == 2 and bad.stderr.strip().startswith("error: audio folder")
   assert "Traceback" not in bad.stderr
   assert _cli().returncode == 2
+  flag = _cli(f"--input={folder}", f"--output={tmp_path / 'other'}", "--sample_rate=fast")
+  assert flag.returncode == 2 and flag.stderr.count("\n") == 1
+  assert flag.stderr.startswith("error: flag --sample_rate=fast: invalid literal for int()")
+  usage = _cli("--help")
+  assert usage.returncode == 0 and "--sample_rate: rate every file is resampled to" in usage.stdout

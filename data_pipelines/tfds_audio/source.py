@@ -1,174 +1,28 @@
-"""TFDS without TensorFlow: build a dataset from a local audio folder, read audio datasets.
-
-`AudioFolder` is a TFDS builder for a folder of audio files: labels are the names of the
-first-level sub-folders (files all at the top level give an unlabelled dataset). It stores
-ArrayRecord files, the format with random access and the one TFDS writes without
-TensorFlow. Each example holds
-
-    audio        Tensor float32 (samples,)  mono, in [-1, 1], at sample_rate
-    sample_rate  int32                      16000 unless the builder is given another
-    label        ClassLabel                 the sub-folder (absent when unlabelled)
-    filename     Text                       the path relative to the folder
-
-The waveform is what audio_io.load_audio gives, as in `prepare --input`: channels averaged
-(a TFDS tensor has one fixed channel count, and every front end here is mono), resampled
-to one rate (every front end here is 16 kHz), float32 (16- and 24-bit PCM stay exact).
-Unusable audio stops the build with the file's path and the reason (the folder should be
-fixed, not silently thinned).
-
-`open_source(name, data_dir, split)` reads one split of any TFDS audio dataset prepared in
-`data_dir` in the ArrayRecord format, TensorFlow or not. `tfds.data_source` cannot do that
-for the catalog datasets: their `tfds.features.Audio` feature imports TensorFlow as soon as
-it is constructed, so even `tfds.builder(...).info` fails. The source therefore reads the
-prepared files with TFDS's own parts (dataset_info.json, split file instructions,
-features.json restored with each `Audio` as the numeric `Tensor` it stores, the tf.Example
-parser that needs no TensorFlow); for datasets without `Audio` features it gives exactly
-what `tfds.data_source` gives.
-
-    python -m data_pipelines.tfds_audio --input=FOLDER --output=DATA_DIR [--name=NAME]
-        [--sample_rate=16000]
-"""
+"""Random access to one split of any TFDS audio dataset prepared in the ArrayRecord format,
+TensorFlow or not: `open_source(name, data_dir, split)` (see the data_pipelines.tfds_audio
+package's docstring for why TFDS's own data_source cannot)."""
 from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags
 from array_record.python import array_record_data_source
-from etils import epath
 from google.protobuf import json_format
 from tensorflow_datasets.core import dataset_info
 from tensorflow_datasets.core.proto import feature_pb2
 
-from data_pipelines import audio_io
-
 FILE_FORMAT = "array_record"
-BUILDER_NAME = "audio_folder"
 _AUDIO_CLASS = "tensorflow_datasets.core.features.audio_feature.Audio"
 _TENSOR_CLASS = "tensorflow_datasets.core.features.tensor_feature.Tensor"
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 # Integer samples -> [-1, 1]: (offset, scale). TFDS's `Audio` defaults to int64 but fills it
-# with the file's 16-bit samples, so int64 is read as 16-bit and checked (_int64_as_16_bit).
+# with the file's 16-bit samples, so int64 is read as 16-bit and checked (TfdsAudioSource.load).
 _INTEGER_SCALES = {np.dtype(np.uint8): (128.0, 128.0), np.dtype(np.int8): (0.0, 2.0**7),
                    np.dtype(np.int16): (0.0, 2.0**15), np.dtype(np.int32): (0.0, 2.0**31),
                    np.dtype(np.int64): (0.0, 2.0**15)}
-
-
-# --------------------------------------------------------------------------- the builder
-
-
-def audio_files(folder: Path) -> list[Path]:
-  """Audio files under `folder`, sorted by their path relative to it."""
-  return sorted((p for p in folder.rglob("*")
-                 if p.suffix.lower() in audio_io.AUDIO_EXTENSIONS and p.is_file()),
-                key=lambda p: p.relative_to(folder).as_posix())
-
-
-def folder_labels(folder: Path, files: list[Path]) -> list[str] | None:
-  """Sorted sub-folder names, or None when every file is at the top (unlabelled)."""
-  tops = [f.relative_to(folder).parts for f in files]
-  at_top = [f for f, parts in zip(files, tops) if len(parts) == 1]
-  if len(at_top) == len(files):
-    return None
-  if at_top:
-    shown = ", ".join(f.name for f in at_top[:5])
-    raise ValueError(
-        f"{folder}: audio files lie both in sub-folders (labels) and at the top level "
-        f"({shown}); move the top-level files into a sub-folder named after their label.")
-  return sorted({parts[0] for parts in tops})
-
-
-def config_name(text: str) -> str:
-  """A TFDS config name from free text (a folder name): lower case, [a-z0-9_]."""
-  name = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_")
-  return name or "default"
-
-
-@dataclasses.dataclass(eq=False)
-class AudioFolderConfig(tfds.core.BuilderConfig):
-  folder: str = ""
-  sample_rate: int = 16000
-
-
-class AudioFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """A local audio folder as a TFDS dataset named `audio_folder/<config name>`, one split
-  `train`. Not registered: readers need only the files (see `open_source`)."""
-
-  name = BUILDER_NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Mono float32 audio at one sample rate."}
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS 4.9.10 finds a packaged builder's file through `importlib_resources`, which it
-    # installs only for Python < 3.9 (tensorflow/datasets#11212); this is what it finds.
-    return epath.Path(__file__)
-
-  def __init__(self, *, folder: str | Path, name: str | None = None,
-               sample_rate: int = 16000, **kwargs):
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-      raise FileNotFoundError(f"audio folder {folder} does not exist or is not a folder.")
-    if sample_rate < 1:
-      raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}.")
-    self._files = audio_files(folder)
-    if not self._files:
-      raise ValueError(f"{folder} holds no audio files (looked for "
-                       f"{', '.join(audio_io.AUDIO_EXTENSIONS)} in it and its sub-folders).")
-    self._labels = folder_labels(folder, self._files)
-    kwargs.setdefault("file_format", FILE_FORMAT)
-    config = AudioFolderConfig(name=config_name(name or folder.name), folder=str(folder),
-                               sample_rate=int(sample_rate))
-    super().__init__(config=config, **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    features = {
-        # BYTES: the waveform is stored as raw bytes, not a protobuf float list (faster).
-        "audio": tfds.features.Tensor(shape=(None,), dtype=np.float32,
-                                      encoding=tfds.features.Encoding.BYTES),
-        "sample_rate": tfds.features.Scalar(dtype=np.int32),
-        "filename": tfds.features.Text(),
-    }
-    if self._labels is not None:
-      features["label"] = tfds.features.ClassLabel(names=self._labels)
-    return tfds.core.DatasetInfo(
-        builder=self, description=f"Audio files of {self.builder_config.folder}.",
-        features=tfds.features.FeaturesDict(features))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    return {"train": self._generate_examples()}
-
-  def _generate_examples(self):
-    folder, rate = Path(self.builder_config.folder), self.builder_config.sample_rate
-    for path in self._files:
-      relative = path.relative_to(folder).as_posix()
-      wave = audio_io.load_audio(path, rate)  # AudioError names the file and the reason
-      example = {"audio": wave, "sample_rate": rate, "filename": relative}
-      if self._labels is not None:
-        example["label"] = relative.split("/")[0]
-      yield relative, example
-
-
-def build_audio_folder(folder: str | Path, data_dir: str | Path, name: str | None = None,
-                       sample_rate: int = 16000) -> str:
-  """Builds the TFDS dataset of `folder` in `data_dir`; returns the name to read it by,
-  `audio_folder/<name>:<version>` (name defaults to the folder's name)."""
-  builder = AudioFolder(folder=folder, name=name, sample_rate=sample_rate,
-                        data_dir=str(data_dir))
-  if Path(builder.data_dir).exists():  # TFDS would silently keep it, stale or not
-    raise FileExistsError(f"{builder.data_dir} already exists; remove it to rebuild, or "
-                          f"choose another name.")
-  builder.download_and_prepare()
-  return f"{builder.name}/{builder.builder_config.name}:{builder.version}"
-
-
-# --------------------------------------------------------------------------- the source
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -428,35 +282,3 @@ def open_source(name: str, data_dir: str | Path, split: str = "train") -> TfdsAu
   """One split (any TFDS split expression, e.g. 'train[:10%]') of `dataset[/config]
   [:version]` prepared in data_dir; see TfdsAudioSource."""
   return TfdsAudioSource(name, data_dir, split)
-
-
-# --------------------------------------------------------------------------- the CLI
-
-def _define_flags() -> None:
-  # Defined only when run as a program: prepare.py, which imports this module, has its
-  # own --input and --output.
-  flags.DEFINE_string("input", None, "audio folder (labels = first-level sub-folder names)")
-  flags.DEFINE_string("output", None, "TFDS data_dir to build the dataset in")
-  flags.DEFINE_string("name", None, "config name of the dataset (default: the folder's name)")
-  flags.DEFINE_integer("sample_rate", 16000, "rate every file is resampled to")
-
-
-def main(argv) -> None:
-  del argv
-  f = flags.FLAGS
-  if not f.input or not f.output:
-    print("error: --input (an audio folder) and --output (a TFDS data_dir) are required.",
-          file=sys.stderr)
-    sys.exit(2)
-  try:
-    name = build_audio_folder(f.input, f.output, f.name, f.sample_rate)
-  except (OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(f"built TFDS dataset {name} in {f.output}; read it with "
-        f"data_pipelines.tfds_audio.open_source({name!r}, {f.output!r}, 'train')")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
