@@ -46,17 +46,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(batch_size=512, epochs=24.0)
 
   if variant.get("demo"):
-    # 128 x 128 frames = 8 x 8 patches, which 4 x 4 windows tile; 4,875 steps of about
-    # 0.35 s on 2 CPU cores here (~28 minutes; 0.73 s a step on the machine of earlier
-    # README figures). Measured choices (README "Recipes and models" has the runs):
-    # - the corpus's own mean / std: AudioMAE's AudioSet constants leave it at mean -0.30,
-    #   std 0.38, where the fixed sin-cos positions are 52 % of the first layer's token
-    #   variance (30 % at std 0.97) and the embeddings lost half their effective rank;
-    # - 'time' removal: three crosses on 8 frequency rows leave ~12 context patches of 64;
-    # - lr 3e-3 and 52 epochs: the block masks learn slowly here. Probe vs random init at
-    #   13 epochs 0.644 vs 0.643; at 26, 0.677 vs 0.643; at 52, 0.740 vs 0.643 (seed 0),
-    #   0.742 vs 0.621 (seed 1), 0.728 vs 0.634 (seed 2). Unstructured masks reach 0.710
-    #   in 13 epochs.
+    # 128 x 128 frames = 8 x 8 patches, which 4 x 4 windows tile; 4,875 steps of batch 32,
+    # sized for 2 CPU cores. Choices (measured results: README "Recipes and models", and
+    # docs/results.md "A-JEPA demo"):
+    # - the corpus's own mean / std: AudioMAE's AudioSet constants leave this corpus's
+    #   inputs at a small std, where the fixed sin-cos positions dominate the first layer's
+    #   token variance and the embeddings lose effective rank;
+    # - 'time' removal: three crosses on 8 frequency rows leave little context;
+    # - lr 3e-3 and 52 epochs: the block masks learn slowly here (unstructured masks learn
+    #   faster on this corpus).
     c.data.frames = 128
     c.data.normalization = "dataset"
     c.mask.time_frequency_aware["removal"] = "time"

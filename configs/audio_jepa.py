@@ -47,9 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(batch_size=2048, epochs=300.0, log_every=100, checkpoint_every=2000)
 
   if variant.get("demo"):
-    # About 9 minutes on 2 CPU cores: ViT-6/192, 1,200 steps of batch 32. On this budget
-    # the number of updates matters most (measured: batch 32 x 1,312 steps beat batch
-    # 64 x 600 by 6 probe points); the EMA schedule suits a short run (I-JEPA's).
+    # Sized for 2 CPU cores: ViT-6/192, about 1,200 steps of batch 32. On this budget the
+    # number of updates matters most, hence the small batch (measured results: README
+    # "Quick start", docs/results.md); the EMA schedule suits a short run (I-JEPA's).
     c.model.update(width=192, depth=6, num_heads=3, mlp_dim=768)
     c.predictor.update(width=128, depth=3, num_heads=4, mlp_dim=512)
     c.ema.update(tau_start=0.996, tau_end=1.0)

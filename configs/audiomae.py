@@ -1,4 +1,4 @@
-"""AudioMAE-style masked autoencoder (Huang et al. 2022; SPEC sections 1-6).
+"""AudioMAE-style masked autoencoder (Huang et al. 2022; method reference: docs/).
 
     configs/audiomae.py              ViT-B/16 on 128 x 1024 Kaldi fbank frames (512
                                      patches, AudioMAE normalisation); 80 % of the patches
@@ -43,8 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.frames = 256  # 8 x 16 patches
     c.model.update(width=192, depth=6, num_heads=3, mlp_dim=768)
     c.decoder.update(width=128, depth=4, num_heads=4, mlp_dim=512)
-    # About 10 minutes on 2 CPU cores (0.58 s a step, 938 steps); measured on the embedded
-    # corpus: probe 0.779 against 0.655 for its random init (benchmarks/demos.py).
+    # Sized for 2 CPU cores: 938 steps of batch 32 (measured results, benchmarks/demos.py:
+    # README "Recipes and models", docs/results.md).
     c.optim.update(base_lr=1.5e-3, warmup_epochs=1.0)
     c.train.update(batch_size=32, epochs=10.0, log_every=50, checkpoint_every=500)
   return c

@@ -1,5 +1,5 @@
 """Dasheng-style masked autoencoder (Dinkel et al. 2024, "Scaling up masked audio encoder
-learning"; SPEC sections 1-6).
+learning"; method reference: docs/).
 
     configs/dasheng.py           Dasheng-Base: ViT-B (768 x 12) on 64-mel dB spectrograms,
                                  10 s crops (1000 frames = 250 frame-chunk tokens of
@@ -49,8 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.frames = 400  # 4 s clips: 100 tokens
     c.model.update(width=192, depth=6, num_heads=3, mlp_dim=768)
     c.decoder.update(width=128, depth=4, num_heads=4, mlp_dim=512)
-    # About 10 minutes on 2 CPU cores (0.55 s a step, 938 steps); measured on the embedded
-    # corpus: probe 0.632 against 0.559 for its random init (benchmarks/demos.py).
+    # Sized for 2 CPU cores: 938 steps of batch 32 (measured results, benchmarks/demos.py:
+    # README "Recipes and models", docs/results.md).
     c.optim.update(base_lr=1.5e-3, warmup_epochs=1.0)
     c.train.update(batch_size=32, epochs=10.0, log_every=50, checkpoint_every=500)
   return c

@@ -1,5 +1,5 @@
 """Independent NumPy reference samplers, one clip at a time, written from the papers
-(I-JEPA / Audio-JEPA / A-JEPA listing 1 / Dasheng / AudioMAE) and SPEC section 4, for
+(I-JEPA / Audio-JEPA / A-JEPA listing 1 / Dasheng / AudioMAE) and docs/masks.md, for
 the statistical comparison with jepa_jax.masks. Each returns boolean grids
 (context (F, T), targets (M, F, T))."""
 import math
@@ -12,7 +12,7 @@ def _side(x: float) -> int:
 
 
 def block_hw(area: float, aspect: float, grid) -> tuple[int, int]:
-  """SPEC: sides from area and aspect; a side longer than the grid is clipped and the
+  """docs/masks.md: sides from area and aspect; a side longer than the grid is clipped and the
   other recomputed to keep the area (itself clipped to the grid)."""
   height, width = grid
   h, w = _side(math.sqrt(area * aspect)), _side(math.sqrt(area / aspect))

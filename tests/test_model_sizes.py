@@ -1,4 +1,4 @@
-"""Parameter counts of every model size (SPEC section 3) from abstract shapes (nothing is
+"""Parameter counts of every model size (docs/models.md) from abstract shapes (nothing is
 allocated), against the shape formula written out here and the papers' rounded figures."""
 import json
 import subprocess
