@@ -14,7 +14,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from jepa_jax import models
-from jepa_jax.config import shapes
+from jepa_jax.config import shapes, upgrade
 from jepa_jax.parallel import distributed
 
 
@@ -51,7 +51,7 @@ def load_config(export_dir: Path) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f"no encoder export at {export_dir} (missing config.json): train to the end with "
         f"jepa_jax.main, which writes <workdir>/export")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(upgrade.upgrade(json.loads(path.read_text())))
 
 
 def load_encoder(export_dir: Path):

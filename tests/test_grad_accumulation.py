@@ -1,4 +1,4 @@
-"""Gradient accumulation (loop.micro_batches) equals one step on the whole batch; bf16
+"""Gradient accumulation (train.micro_batches) equals one step on the whole batch; bf16
 compute keeps parameters and loss in float32; the attention backend comes from the config,
 and cuDNN gets inputs it accepts."""
 import functools
@@ -173,8 +173,8 @@ def test_uamix_queue_threads_through_the_micro_batches():
 def test_micro_batch_config_errors(tmp_path):
   for bad in (0, -2, 3):
     with pytest.raises(fields.ConfigError,
-                       match="loop.micro_batches must be an integer >= 1 dividing "
-                             "loop.batch_size 8"):
+                       match="train.micro_batches must be an integer >= 1 dividing "
+                             "train.batch_size 8"):
       validation.validate(tiny_config(micro_batches=bad))
   # 8 examples in micro-batches of 2 cannot split over the 8 simulated devices.
   with pytest.raises(fields.ConfigError, match="= 2 examples must divide over the 8 "

@@ -195,5 +195,5 @@ def test_config_validation_of_layer_decay_and_frozen_layers():
   c.optim.update(layer_decay=0.0, frozen_layers=4)
   with pytest.raises(fields.ConfigError) as err:
     validation.validate(c)
-  assert "optimizer.layer_decay must be in (0, 1]" in str(err.value)
-  assert "optimizer.frozen_layers must be an integer in [0, 3]" in str(err.value)
+  assert "optim.layer_decay must be in (0, 1]" in str(err.value)
+  assert "optim.frozen_layers must be an integer in [0, 3]" in str(err.value)

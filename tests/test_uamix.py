@@ -324,7 +324,7 @@ def test_config_errors_are_clear():
     assert part in message, part
   c = tiny_uamix_config()
   c.uamix.queue_size = 12
-  with pytest.raises(fields.ConfigError, match="positive multiple of loop.batch_size 8"):
+  with pytest.raises(fields.ConfigError, match="positive multiple of train.batch_size 8"):
     validation.validate(c)
   c = tiny_uamix_config()
   c.data.dir = "/prepared/elsewhere"  # size known only once the data is read

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import ml_collections
 
-from jepa_jax.config import upgrade
-
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and the fix."""
@@ -66,7 +64,7 @@ def load(spec: str | Path) -> ml_collections.ConfigDict:
   return recipe_module(path).get_config(variant or None)
 
 
-# Encoder shapes (SPEC section 3): width, depth, heads, MLP width.
+# Encoder shapes (docs/models.md): width, depth, heads, MLP width.
 ENCODER_SIZES = {
     "vit_s": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
     "vit_b": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
@@ -80,7 +78,7 @@ ENCODER_SIZES = {
 SCANNED_SIZES = ("vit_l", "dasheng_0.6b", "dasheng_1.2b")
 
 
-# Predictor / decoder shapes (SPEC section 3).
+# Predictor / decoder shapes (docs/models.md).
 HEAD_SIZES = {
     "audio_jepa": dict(width=512, depth=8, num_heads=16, mlp_dim=2048),
     "ajepa": dict(width=512, depth=16, num_heads=16, mlp_dim=2048),
@@ -90,10 +88,10 @@ HEAD_SIZES = {
 }
 
 
-# Fine-tuning on a labelled task (jepa_jax/evaluation/finetune.py): AudioMAE's recipe (AS-20K / ESC-50
-# column: base lr 1e-3, AdamW (0.9, 0.999), wd 1e-4, layer decay 0.75, time / frequency
-# token dropping 0.2, mixup 0.5) with A-JEPA's regularised masking (10 % of keys per layer),
-# 60 epochs (4 warmup) shortened to 20 (2) for a CPU.
+# Fine-tuning on a labelled task (jepa_jax/evaluation/finetune.py): AudioMAE's recipe
+# (AS-20K / ESC-50 column: base lr 1e-3, AdamW (0.9, 0.999), wd 1e-4, layer decay 0.75,
+# time / frequency token dropping 0.2, mixup 0.5) with A-JEPA's regularised masking (10 % of
+# keys per layer), 60 epochs (4 warmup) shortened to 20 (2) for a CPU.
 FINETUNE_DEFAULTS = dict(
     epochs=20, warmup_epochs=2.0, batch_size=32,
     base_lr=1e-3,        # lr = base_lr * batch_size / 256, warmup then cosine to 0
@@ -165,6 +163,8 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
   c.probe = ml_collections.ConfigDict(dict(
       seeds=3, lr=1e-3, max_epochs=200, patience=20, batch_size=128, chunk_batch=64))
   c.finetune = finetune_config()
+  # Warm start: a workdir (or its export/) whose encoder this run starts from; "" = none.
+  c.init_from = ""
   return c
 
 
@@ -212,12 +212,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def resume_differences(saved: dict, current: dict) -> list[str]:
-  """Fields (outside RESUME_FREE) whose values differ between two config dicts."""
+  """Fields (outside RESUME_FREE) whose values differ between two config dicts (the saved
+  one upgraded to today's fields first, see upgrade.py)."""
   def relevant(tree):
     return {k: v for k, v in _flatten(tree).items()
             if not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)}
   a, b = relevant(saved), relevant(current)
-  a.update({k: v for k, v in upgrade.ADDED_FIELDS.items() if k not in a and k in b})
   return [f"{k}: {a.get(k, '<absent>')!r} in the workdir, {b.get(k, '<absent>')!r} now"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 

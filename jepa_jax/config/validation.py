@@ -1,12 +1,17 @@
 """Validation of a whole config before anything is built or compiled: every invalid field
-in one fields.ConfigError. It asks the parts (front ends, masks, models, objectives, the
+in one ConfigError. It asks the parts (front ends, masks, models, objectives, the
 distributed runtime) for their own checks."""
 import functools
 import os
 
+import jax
 import ml_collections
 
-from jepa_jax.config import fields
+from data_pipelines import frontends
+from jepa_jax import masks, models, objectives
+from jepa_jax.config import fields, shapes
+from jepa_jax.models import vit
+from jepa_jax.parallel import distributed
 
 
 def _check(errors: list[str], ok: bool, message: str) -> None:
@@ -26,7 +31,8 @@ def _is_int(value) -> bool:
 
 
 def finetune_errors(f, section: str = "finetune") -> list[str]:
-  """Errors of a fine-tuning section (a ConfigDict or a dict of fields.FINETUNE_DEFAULTS' fields)."""
+  """Errors of a fine-tuning section (a ConfigDict or a dict of
+  FINETUNE_DEFAULTS' fields)."""
   e: list[str] = []
   unknown = sorted(set(f) - set(fields.FINETUNE_DEFAULTS))
   missing = sorted(set(fields.FINETUNE_DEFAULTS) - set(f))
@@ -67,18 +73,8 @@ def finetune_errors(f, section: str = "finetune") -> list[str]:
   return e
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises fields.ConfigError listing every invalid field of the config."""
-  import jax
-
-  from data_pipelines import frontends
-  from jepa_jax import masks, models, objectives
-  from jepa_jax.config import shapes
-  from jepa_jax.models import vit
-
+def _data_errors(config: ml_collections.ConfigDict) -> list[str]:
   e: list[str] = []
-  _check(e, config.objective in objectives.OBJECTIVES,
-         f"objective {config.objective!r} unknown; known: {sorted(objectives.OBJECTIVES)}")
   d = config.data
   _check(e, d.frontend in frontends.FRONTENDS,
          f"data.frontend {d.frontend!r} unknown; known: {sorted(frontends.FRONTENDS)}")
@@ -95,12 +91,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(e, d.worker_count >= 0, f"data.worker_count must be >= 0, got {d.worker_count}")
   _positive(e, config, "data.synthetic", "num_pretrain", "num_probe")
   try:
-    fields.parse_classes(d.get("exclude_classes", ""))
+    fields.parse_classes(d.exclude_classes)
   except fields.ConfigError as err:
     e.append(f"data.exclude_classes: {err}")
+  return e
 
+
+def _token_grid(config: ml_collections.ConfigDict) -> tuple[tuple[int, int] | None, list[str]]:
+  """(the token grid, or None where the front end or shapes cannot give one; its error)."""
+  patch_shape = tuple(config.model.patch_shape)
+  if not (len(patch_shape) == 2 and min(patch_shape) > 0 and config.data.frames > 0
+          and config.data.frontend in frontends.FRONTENDS):
+    return None, []  # reported by _data_errors
+  try:
+    return shapes.grid(config), []
+  except ValueError as err:  # mels or frames not divisible into patches
+    return None, [str(err)]
+
+
+def _model_errors(config: ml_collections.ConfigDict, grid: tuple[int, int] | None) -> list[str]:
+  e: list[str] = []
   for section in ("model", "predictor", "decoder"):
-    if section not in config:
+    if section not in config:  # an objective without a predictor or decoder
       continue
     m = config[section]
     _positive(e, config, section, "width", "depth", "num_heads", "mlp_dim")
@@ -108,41 +120,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"{section}.width {m.width} must be divisible by {section}.num_heads {m.num_heads}")
     _check(e, m.width % 4 == 0, f"{section}.width must be a multiple of 4 (2-D sin-cos), "
            f"got {m.width}")
-    e.extend(models.stack_errors(config, section, shapes.grid(config)))
-  _check(e, config.model.dtype in models.DTYPES,
-         f"model.dtype {config.model.dtype!r} unknown; known: {sorted(models.DTYPES)}")
-  _check(e, config.model.attention_impl in ("", "xla", "cudnn"),
-         f"model.attention_impl must be '', 'xla' or 'cudnn', got {config.model.attention_impl!r}")
-  if config.model.attention_impl == "cudnn":  # cuDNN flash attention: GPU and bf16 / fp16 only
+    e.extend(models.stack_errors(config, section, grid))
+  m = config.model
+  _check(e, m.dtype in models.DTYPES,
+         f"model.dtype {m.dtype!r} unknown; known: {sorted(models.DTYPES)}")
+  _check(e, m.attention_impl in ("", "xla", "cudnn"),
+         f"model.attention_impl must be '', 'xla' or 'cudnn', got {m.attention_impl!r}")
+  if m.attention_impl == "cudnn":  # cuDNN flash attention: GPU and bf16 / fp16 only
     backend = jax.default_backend()
     _check(e, backend == "gpu", f"model.attention_impl 'cudnn' needs a GPU, but jax's backend "
            f"is {backend!r}; use '' or 'xla'")
-    _check(e, config.model.dtype == "bfloat16", f"model.attention_impl 'cudnn' needs "
-           f"model.dtype 'bfloat16', got {config.model.dtype!r}; or use '' or 'xla'")
+    _check(e, m.dtype == "bfloat16", f"model.attention_impl 'cudnn' needs "
+           f"model.dtype 'bfloat16', got {m.dtype!r}; or use '' or 'xla'")
+  _check(e, m.positions in vit.POSITIONS,
+         f"model.positions must be one of {vit.POSITIONS}, got {m.positions!r}")
+  return e
 
-  grid_ok = len(patch_shape) == 2 and min(patch_shape) > 0 and d.frames > 0 \
-      and d.frontend in frontends.FRONTENDS
-  if grid_ok and "mask" in config:  # contrastive objectives mask nothing
-    try:
-      e.extend(masks.config_errors(config.mask, shapes.grid(config)))
-    except ValueError as err:  # mels or frames not divisible into patches
-      e.append(str(err))
-  _check(e, config.model.positions in vit.POSITIONS,
-         f"model.positions must be one of {vit.POSITIONS}, got {config.model.positions!r}")
 
+def _optim_errors(config: ml_collections.ConfigDict) -> list[str]:
+  e: list[str] = []
   o = config.optim
   _positive(e, config, "optim", "base_lr", "eps")
   _check(e, 0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optim.b1/b2 must be in [0, 1), got {o.b1}, {o.b2}")
   _check(e, o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
   _check(e, o.clip_norm >= 0, f"optim.clip_norm must be >= 0 (0 = off), got {o.clip_norm}")
   _check(e, 0 <= o.end_lr_ratio <= 1, f"optim.end_lr_ratio must be in [0, 1], got {o.end_lr_ratio}")
-  layer_decay, frozen = o.get("layer_decay", 1.0), o.get("frozen_layers", 0)
-  _check(e, 0 < layer_decay <= 1, f"optim.layer_decay must be in (0, 1] (1 = off), got "
-         f"{layer_decay}")
+  _check(e, 0 < o.layer_decay <= 1, f"optim.layer_decay must be in (0, 1] (1 = off), got "
+         f"{o.layer_decay}")
   top = config.model.depth + 2  # embedding, blocks, final norm
-  _check(e, isinstance(frozen, int) and 0 <= frozen <= top,
+  _check(e, _is_int(o.frozen_layers) and 0 <= o.frozen_layers <= top,
          f"optim.frozen_layers must be an integer in [0, {top}] (layers 0 = embedding, "
-         f"1..{top - 2} = blocks, {top - 1} = final norm; 0 = none frozen), got {frozen!r}")
+         f"1..{top - 2} = blocks, {top - 1} = final norm; 0 = none frozen), got "
+         f"{o.frozen_layers!r}")
+  _check(e, 0 <= o.warmup_epochs < config.train.epochs,
+         f"optim.warmup_epochs must be in [0, train.epochs={config.train.epochs}), got "
+         f"{o.warmup_epochs}")
+  return e
+
+
+def _run_errors(config: ml_collections.ConfigDict) -> list[str]:
+  """Errors of the sections that say how a run goes: batches, checkpoints, devices,
+  processes, the probe, fine-tuning and the warm start."""
+  e: list[str] = []
   t = config.train
   _positive(e, config, "train", "batch_size", "epochs", "log_every", "checkpoint_every",
             "keep_checkpoints")
@@ -150,8 +169,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
          and t.batch_size % t.micro_batches == 0,
          f"train.micro_batches must be an integer >= 1 dividing train.batch_size "
          f"{t.batch_size}, got {t.micro_batches!r}")
-  _check(e, 0 <= o.warmup_epochs < t.epochs,
-         f"optim.warmup_epochs must be in [0, train.epochs={t.epochs}), got {o.warmup_epochs}")
   mesh_sizes = [config.mesh[a] for a in ("data", "fsdp", "model")]
   _check(e, all(s == -1 or s >= 1 for s in mesh_sizes) and mesh_sizes.count(-1) <= 1,
          f"mesh sizes must be >= 1 with at most one -1 (fill), got {mesh_sizes}")
@@ -159,15 +176,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(e, mib >= 0, f"sharding_check.replicated_mib must be >= 0 (MiB), got {mib}")
   _positive(e, config, "probe", "seeds", "lr", "max_epochs", "patience", "batch_size",
             "chunk_batch")
-  _check(e, isinstance(config.get("init_from", ""), str),
-         f"init_from must be a path (a workdir or its export/) or '', got "
-         f"{config.get('init_from')!r}")
-  if "distributed" in config:  # configs saved before multi-host runs have none
-    from jepa_jax.parallel import distributed
-    e.extend(distributed.config_errors(config.distributed, os.environ))
-  if "finetune" in config:  # configs saved before fine-tuning existed have none
-    e.extend(finetune_errors(config.finetune))
+  _check(e, isinstance(config.init_from, str),
+         f"init_from must be a path (a workdir or its export/) or '', got {config.init_from!r}")
+  e.extend(distributed.config_errors(config.distributed, os.environ))
+  e.extend(finetune_errors(config.finetune))
+  return e
 
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError listing every invalid field of the config."""
+  e: list[str] = []
+  _check(e, config.objective in objectives.OBJECTIVES,
+         f"objective {config.objective!r} unknown; known: {sorted(objectives.OBJECTIVES)}")
+  grid, grid_errors = _token_grid(config)
+  e.extend(_data_errors(config) + grid_errors + _model_errors(config, grid))
+  if grid is not None and "mask" in config:  # contrastive objectives mask nothing
+    e.extend(masks.config_errors(config.mask, grid))
+  e.extend(_optim_errors(config) + _run_errors(config))
   if config.objective in objectives.OBJECTIVES:
     e.extend(objectives.OBJECTIVES[config.objective].config_errors(config))
   if e:
@@ -175,8 +200,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_dataset(config: ml_collections.ConfigDict, num_examples: int) -> None:
-  """Raises fields.ConfigError for fields that do not fit a training set of `num_examples`."""
-  from jepa_jax import objectives
+  """Raises ConfigError for fields that do not fit a training set of `num_examples`."""
   check = getattr(objectives.OBJECTIVES[config.objective], "dataset_errors", None)
   e = check(config, num_examples) if check is not None else []
   if e:

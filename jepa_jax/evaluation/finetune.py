@@ -1,4 +1,4 @@
-"""Full fine-tuning of an exported encoder on a labelled task (SPEC section 7).
+"""Full fine-tuning of an exported encoder on a labelled task (docs/evaluation.md).
 
 Model: the encoder, mean pool over its output tokens, then AudioMAE's head: a LayerNorm
 (`fc_norm`) and a linear layer (weights N(0, 2e-5) truncated, zero bias, as MAE). Every

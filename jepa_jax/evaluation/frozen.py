@@ -79,7 +79,7 @@ def fewshot_classes(spec: str, config, tasks: list) -> dict[str, tuple[str, ...]
   """--fewshot_classes -> {task name: class names}: '' (all classes of every task: {}),
   'held_out' (the run's data.exclude_classes) or 'task:name,name;task:name'."""
   if spec == "held_out":
-    spec = config.data.get("exclude_classes", "")
+    spec = config.data.exclude_classes
     if not spec:
       raise ValueError("--fewshot_classes=held_out: the run held no classes out of its "
                        "training data (its data.exclude_classes is empty)")

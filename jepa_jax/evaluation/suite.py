@@ -3,14 +3,14 @@
     python -m jepa_jax.evaluate --workdir=RUN --task=DIR[,DIR...] --protocol=P
         [--baselines=random_init,mean_logmel] [--freq_pool=concat|mean] [--unit_sec=S]
 
-P is one of (SPEC section 8):
+P is one of (docs/evaluation.md):
   linear    EVAR linear probe: standardised features, one linear layer, Adam at the
             config's probe lr, early stopping on validation, best epoch, 3 seeds;
   mlp       HEAR head: 1 or 2 hidden layers of 1024 with BatchNorm and dropout 0.1, the
             Adam lr grid {3.2e-3, 1e-3, 3.2e-4, 1e-4}; depth and lr chosen on validation;
   knn       L2-normalised cosine k-NN, k = 10, softmax-weighted vote at temperature 0.07;
   fewshot   5-way 1-shot and 5-shot episodes (15 queries), nearest centroid, 600 episodes,
-            mean and 95 % confidence interval; with --frozen.fewshot_classes, only among those
+            mean and 95 % confidence interval; with --fewshot_classes, only among those
             classes ('held_out': the classes the run's data.exclude_classes kept out of
             its training); every other feature set is also compared with the trained
             encoder on the same episodes ('trained - NAME': the paired difference);
@@ -39,8 +39,7 @@ PROTOCOLS = frozen.FROZEN + ("finetune",)
 
 
 def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -> dict:
-  # Older exports have no finetune section: the defaults fill what is not given.
-  settings = {**config.get("finetune", {}), **overrides}
+  settings = {**config.finetune.to_dict(), **overrides}
   finetune.settings_of(settings)  # bad settings fail here, before any audio is read
   encoders = [fs for fs in sets if fs.encoder is not None]  # a fixed feature has nothing to tune
   results = {}
@@ -67,26 +66,26 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
              finetune_settings: dict | None = None, fewshot_classes_spec: str = "") -> dict:
   """Run `protocols` on every task for every feature set; write and return the results
   (task -> protocol -> feature set -> {'scores': ...}). `finetune_settings` override the
-  export's config.finetune fields; `fewshot_classes_spec` as --frozen.fewshot_classes."""
+  export's config.finetune fields; `fewshot_classes_spec` as --fewshot_classes."""
   unknown = sorted(set(protocols) - set(PROTOCOLS))
   if unknown:
     raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; known: "
                      f"{', '.join(PROTOCOLS)}, all")
   config, frontend_meta, sets = embeddings.load_feature_sets(workdir, feature_sets)
   results = {}
-  frozen = [p for p in protocols if p in frozen.FROZEN]
-  if "fewshot" in frozen:  # bad class names fail here, before any audio is encoded
+  frozen_protocols = [p for p in protocols if p in frozen.FROZEN]
+  if "fewshot" in frozen_protocols:  # bad class names fail here, before any audio is encoded
     chosen = frozen.fewshot_classes(fewshot_classes_spec, config,
-                             [task_data.read(s, unit_sec) for s in sources])
-  if frozen:
+                                    [task_data.read(s, unit_sec) for s in sources])
+  if frozen_protocols:
     for task, x in embeddings.embed_tasks(workdir, sources, sets, frontend_meta,
-                                     freq_pool=freq_pool, unit_sec=unit_sec,
-                                     chunk_batch=config.probe.chunk_batch):
-      for protocol in frozen:
+                                          freq_pool=freq_pool, unit_sec=unit_sec,
+                                          chunk_batch=config.probe.chunk_batch):
+      for protocol in frozen_protocols:
         if protocol == "fewshot":
           if task.multilabel or (chosen and task.name not in chosen):
             print(f"fewshot: skipping {'multi-label ' * task.multilabel}task {task.name}"
-                  + ("" if task.multilabel else " (not in --frozen.fewshot_classes)"),
+                  + ("" if task.multilabel else " (not in --fewshot_classes)"),
                   file=sys.stderr)
             continue
           results.setdefault(task.name, {})[protocol] = _fewshot_sets(

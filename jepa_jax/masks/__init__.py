@@ -18,7 +18,7 @@ a batch minimum and no real token is used as padding (padding slots hold index 0
 are ignored). The target groups of one set are predicted separately from the same
 context (I-JEPA); the loss averages over all valid target slots of a sample.
 
-Block geometry (SPEC section 4): a block of scale s and aspect ratio r (height /
+Block geometry (docs/masks.md): a block of scale s and aspect ratio r (height /
 width, in patches) has area a = s * F * T, height round(sqrt(a r)) and width
 round(sqrt(a / r)); a side longer than the grid is clipped to the grid and the other
 side recomputed as round(a / side) to keep the area (itself clipped). Block corners are

@@ -20,21 +20,22 @@ def _attention_impl(model: ml_collections.ConfigDict) -> str | None:
 
 
 def stack_options(section: ml_collections.ConfigDict) -> dict:
-  """Layer scanning and remat of a model / predictor / decoder section (configs saved
-  before these fields existed build unscanned stacks without remat)."""
-  return dict(scan=section.get("scan_layers", False), remat=section.get("remat", "none"))
+  """Layer scanning and remat of a model / predictor / decoder section."""
+  return dict(scan=section.scan_layers, remat=section.remat)
 
 
 def stack_errors(config: ml_collections.ConfigDict, section: str,
-                 grid: tuple[int, int]) -> list[str]:
-  """Errors of a section's scan_layers and remat fields."""
+                 grid: tuple[int, int] | None) -> list[str]:
+  """Errors of a section's scan_layers and remat fields (the windows' period is checked
+  only with a `grid`)."""
   s = config[section]
   options, errors = stack_options(s), []
   if not isinstance(options["scan"], bool):
     errors.append(f"{section}.scan_layers must be True or False, got {options['scan']!r}")
   if options["remat"] not in vit.REMAT:
     errors.append(f"{section}.remat must be one of {vit.REMAT}, got {options['remat']!r}")
-  if options["scan"] is True and section != "model" and s.attention == "local":
+  if options["scan"] is True and section != "model" and s.attention == "local" \
+      and grid is not None:
     try:
       period = vit.scan_period(windows(s, grid))
     except ValueError:

@@ -12,7 +12,8 @@ Dtype = Any
 LN_EPS = 1e-6  # timm / MAE / M2D ViTs
 
 
-def _param(init, names):
+def named(init, names):
+  """An initialiser whose parameter carries logical axis `names`."""
   return nn.with_logical_partitioning(init, names)
 
 
@@ -21,16 +22,16 @@ def layer_norm(name: str | None = None, dtype: Dtype | None = None) -> nn.LayerN
   parameters' dtype) when None."""
   return nn.LayerNorm(
       epsilon=LN_EPS, name=name, dtype=dtype,
-      scale_init=_param(nn.initializers.ones_init(), ("embed",)),
-      bias_init=_param(nn.initializers.zeros_init(), ("embed",)))
+      scale_init=named(nn.initializers.ones_init(), ("embed",)),
+      bias_init=named(nn.initializers.zeros_init(), ("embed",)))
 
 
 def dense(features: int, names: tuple, dtype: Dtype, name: str) -> nn.Dense:
   """Linear layer with Xavier-uniform kernel and zero bias (MAE / M2D init)."""
   return nn.Dense(
       features, dtype=dtype, name=name,
-      kernel_init=_param(nn.initializers.xavier_uniform(), names),
-      bias_init=_param(nn.initializers.zeros_init(), names[-1:]))
+      kernel_init=named(nn.initializers.xavier_uniform(), names),
+      bias_init=named(nn.initializers.zeros_init(), names[-1:]))
 
 
 class Projection(nn.Module):
@@ -49,12 +50,12 @@ class Projection(nn.Module):
     in_shape = x.shape[-n_in:]
     kernel = self.param(
         "kernel",
-        _param(nn.initializers.xavier_uniform(
+        named(nn.initializers.xavier_uniform(
             in_axis=tuple(range(n_in)),
             out_axis=tuple(range(n_in, n_in + len(self.features)))),
             self.in_names + self.out_names),
         in_shape + tuple(self.features))
-    bias = self.param("bias", _param(nn.initializers.zeros_init(), self.out_names),
+    bias = self.param("bias", named(nn.initializers.zeros_init(), self.out_names),
                       tuple(self.features))
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))

@@ -39,8 +39,9 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    y = attention.Attention(self.num_heads, self.dtype, self.attention_impl, self.windows, name="attn")(
-        layers.layer_norm("norm1", self.dtype)(x), key_mask)
+    attend = attention.Attention(self.num_heads, self.dtype, self.attention_impl, self.windows,
+                                 name="attn")
+    y = attend(layers.layer_norm("norm1", self.dtype)(x), key_mask)
     x = x + y
     x = x + Mlp(self.mlp_dim, self.dtype, name="mlp")(layers.layer_norm("norm2", self.dtype)(x))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -68,7 +69,7 @@ def checkpointed(module_class: type[nn.Module], remat: str, in_scan: bool) -> ty
 
 
 def block_windows(windows: attention.Windows | None, index: int) -> attention.Windows | None:
-  """attention.Windows of block `index`: unshifted on even blocks, shifted on odd ones (Swin)."""
+  """The windows of block `index`: unshifted on even blocks, shifted on odd ones (Swin)."""
   if windows is None or index % 2:
     return windows
   return dataclasses.replace(windows, shift=(0, 0))
@@ -97,7 +98,8 @@ class BlockGroup(nn.Module):
     for j in range(self.period):
       extra = None if layer_key_masks is None else layer_key_masks[j]
       x = Block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                block_windows(self.windows, j), name=f"block_{j}")(x, attention.layer_mask(key_mask, extra))
+                block_windows(self.windows, j), name=f"block_{j}")(
+                    x, attention.layer_mask(key_mask, extra))
     return x, None
 
 
@@ -227,8 +229,9 @@ class PositionTable(nn.Module):
     if self.kind != "learned":
       raise ValueError(f"unknown positions {self.kind!r}; known: {', '.join(POSITIONS)}")
     init = nn.initializers.normal(0.02)
-    freq = self.param("freq", layers._param(init, (None, None, "embed")), (self.grid[0], 1, self.width))
-    time = self.param("time", layers._param(init, (None, None, "embed")), (1, self.grid[1], self.width))
+    names = (None, None, "embed")
+    freq = self.param("freq", layers.named(init, names), (self.grid[0], 1, self.width))
+    time = self.param("time", layers.named(init, names), (1, self.grid[1], self.width))
     return (freq + time).reshape(-1, self.width)
 
 

@@ -29,8 +29,8 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       gain=0.5,
       noise=0.05,        # additive N(0, noise^2)
       # SpecAugment frequency bands: none by default, as they hide the harmonics that
-      # carry pitch, and a contrastive task then learns to do without them (uaMix demo,
-      # configs/uamix.py: held-out pitch few-shot gain +0.014 with two, +0.055 with none)
+      # carry pitch, and a contrastive task then learns to do without them (uaMix demo:
+      # held-out pitch few-shot gained more without them; docs/results.md)
       freq_masks=0,
       freq_mask=0.15,    # ... each up to 15 % of the mel bins wide, when there are some
       time_masks=2,      # time bands ...

@@ -1,4 +1,4 @@
-"""Masked autoencoder objective (AudioMAE, Dasheng; SPEC section 5).
+"""Masked autoencoder objective (AudioMAE, Dasheng; docs/objectives.md).
 
 The encoder sees the visible (context) tokens only; the decoder puts them back on the
 full token grid with a mask token at every other position and predicts each masked

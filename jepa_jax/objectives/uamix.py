@@ -1,4 +1,4 @@
-"""uaMix-MAE contrastive tuning (Tabassum et al. 2024; SPEC section 5).
+"""uaMix-MAE contrastive tuning (Tabassum et al. 2024; docs/objectives.md).
 
 A pretrained MAE encoder (config.init_from) plus NNCLR's projection head h. Per step:
 two augmented views of each clip (augment.py); the anchor view of clip i is mixed with
@@ -51,12 +51,12 @@ class UaMix:
         errors.append(f"uamix.head.{name} must be an integer >= 1, got {u.head[name]!r}")
     errors.extend(mixing.config_errors(u.mixing, "uamix.mixing"))
     errors.extend(augment.config_errors(u.augment, "uamix.augment"))
-    if u.augment.get("background", 0) > 0:
+    if u.augment.background > 0:
       try:
         augment.ln_power_scale(config.data.frontend, config.data.normalization)
       except ValueError as err:
         errors.append(f"uamix.augment.background mixes powers: {err}")
-    if not config.get("init_from"):
+    if not config.init_from:
       errors.append("init_from must name the pretrained MAE workdir (or export) to tune: "
                     "uaMix-MAE starts from a trained encoder")
     return errors
@@ -77,7 +77,7 @@ class UaMix:
     self.patch_shape = shapes.patch_shape(config)
     self.encoder = models.build_encoder(config, shapes.grid(config))
     self.head = projector.ProjectionHead(self.u.head.hidden, self.u.head.out, self.u.head.layers)
-    self.frozen_layers = config.optim.get("frozen_layers", 0)
+    self.frozen_layers = config.optim.frozen_layers
     self.ln_scale = (augment.ln_power_scale(config.data.frontend, config.data.normalization)
                      if self.u.augment.background > 0 else None)
 

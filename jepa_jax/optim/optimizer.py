@@ -70,8 +70,8 @@ def make_optimizer(optim: ml_collections.ConfigDict, ema_config: ml_collections.
   layerwise.py for the layer numbering. Wholly frozen parameters carry no optimizer state.
   """
   lr = learning_rate_schedule(optim, batch_size, total_steps, warmup_steps)
-  frozen_layers = optim.get("frozen_layers", 0)
-  before, after = layerwise.transformations(optim.get("layer_decay", 1.0), frozen_layers,
+  frozen_layers = optim.frozen_layers
+  before, after = layerwise.transformations(optim.layer_decay, frozen_layers,
                                             encoder_subtree)
   parts = list(before)  # frozen layers' gradients are zeroed before clipping sees them
   trained = []

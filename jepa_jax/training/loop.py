@@ -20,12 +20,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jepa_jax import export, objectives
-from jepa_jax.config import fields, validation
+from jepa_jax.config import fields, upgrade, validation
 from jepa_jax.optim import optimizer
 from jepa_jax.parallel import distributed
 from jepa_jax.parallel import mesh as mesh_lib
-from jepa_jax.training import checkpoint, datasets, update, warm_start
-from jepa_jax.training import metric_writers as metrics_lib
+from jepa_jax.training import checkpoint, datasets, metric_writers, update, warm_start
 
 
 class IncompatibleWorkdirError(RuntimeError):
@@ -64,8 +63,8 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
     raise IncompatibleWorkdirError(
         f"{workdir} holds checkpoints but no config.json: it was not written by jepa_jax "
         f"or is damaged; use a new --workdir")
-  differences = fields.resume_differences(json.loads(saved_path.read_text()),
-                                              fields.to_dict(config))
+  saved = upgrade.upgrade(json.loads(saved_path.read_text()))
+  differences = fields.resume_differences(saved, fields.to_dict(config))
   if differences:
     raise IncompatibleWorkdirError(
         f"{workdir} holds a checkpoint of a different config, so this run cannot resume it:\n  "
@@ -117,28 +116,11 @@ def _ensure_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> N
             if good is not None else "no checkpoint had been written yet")
     raise NonFiniteLossError(
         f"loss became {loss} (gradient norm {grad_norm}) at step {step}; training stopped "
-        f"and nothing after it was saved: {kept}. Lower optimizer.base_lr or lengthen the "
+        f"and nothing after it was saved: {kept}. Lower optim.base_lr or lengthen the "
         f"warmup, then rerun to resume.")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-  workdir = Path(workdir).absolute()
-  validation.validate(config)
-  check_workdir(workdir, config)
-  # A fresh run's pretrained parameters, read and checked before anything compiles.
-  pretrained = warm_start.load(config) \
-      if config.get("init_from") and not has_checkpoint(workdir) else None
-  timings = {}
-
-  t = time.perf_counter()
-  data = datasets.resolve(config)
-  validation.validate_dataset(config, data.num_examples)
-  dataset = datasets.train_dataset(config, data)
-  timings["data"] = time.perf_counter() - t
-  total_steps, warmup_steps = update.schedule_steps(config, data.num_examples)
-
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.rules(config)
+def _check_micro_batch(config: ml_collections.ConfigDict, mesh) -> None:
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   micro_batch = config.train.batch_size // config.train.micro_batches
   if micro_batch % batch_devices:
@@ -146,39 +128,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
         f"a micro-batch of train.batch_size {config.train.batch_size} / train.micro_batches "
         f"{config.train.micro_batches} = {micro_batch} examples must divide over the "
         f"{batch_devices} data x fsdp devices; change the batch size, micro_batches or mesh")
-  objective = objectives.build(config, total_steps)
-  tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
-                                       total_steps, warmup_steps, objective.ema_subtree)
 
-  t = time.perf_counter()
-  compiled = update.compile_step(config, objective, tx, schedules, mesh,
-                          data.metadata["frontend"]["n_mels"])
-  timings["compile"] = time.perf_counter() - t
-  mesh_lib.check_replicated(config.sharding_check, compiled.abstract_state, compiled.shardings,
-                            mesh)
-  batch_sharding = compiled.batch_sharding
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-    iterator = iter(dataset)
-    latest = ckpt.latest_step()
-    primary = distributed.is_primary()  # every process restores and saves; one writes
-    if latest is not None:
-      state = ckpt.restore(latest, compiled.abstract_state, iterator)
-      if primary:
-        print(f"resumed from the checkpoint at step {latest} in {workdir}", flush=True)
-    else:
-      state = compiled.initial_state()
-      if pretrained is not None:
-        state = warm_start.start_from(state, pretrained, tx, compiled.shardings)
-        if primary:
-          print(f"started from the parameters of {config.init_from}", flush=True)
-      if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json(indent=2))
 
+def _initial_state(config: ml_collections.ConfigDict, workdir: Path, compiled, ckpt, iterator,
+                   tx, pretrained) -> dict:
+  """The state at the latest checkpoint (the iterator rewound with it) or, in a fresh
+  workdir, at step 0 (from `pretrained` parameters when given), config.json written."""
+  latest = ckpt.latest_step()
+  primary = distributed.is_primary()  # every process restores and saves; one writes
+  if latest is not None:
+    state = ckpt.restore(latest, compiled.abstract_state, iterator)
+    if primary:
+      print(f"resumed from the checkpoint at step {latest} in {workdir}", flush=True)
+    return state
+  state = compiled.initial_state()
+  if pretrained is not None:
+    state = warm_start.start_from(state, pretrained, tx, compiled.shardings)
+    if primary:
+      print(f"started from the parameters of {config.init_from}", flush=True)
+  if primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+  return state
+
+
+def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dict, iterator,
+          ckpt, total_steps: int, timings: dict) -> tuple[dict, dict]:
+  """Steps from the state's step to `total_steps` or a stop request: (state, the metrics
+  of the last log). Fills timings['input_wait'] and timings['train']."""
   start = int(state["step"])
-  writer = metrics_lib.MetricWriter(workdir, start)
-  progress = metrics_lib.Progress(start, total_steps)
+  writer = metric_writers.MetricWriter(workdir, start)
+  progress = metric_writers.Progress(start, total_steps)
   last_metrics: dict = {}
   stop = _StopRequest()
   t = time.perf_counter()
@@ -191,7 +171,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     for step in range(start + 1, total_steps + 1):
       waited_from = time.perf_counter()
       local = next(iterator)
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+      batch = {k: jax.make_array_from_process_local_data(compiled.batch_sharding, np.asarray(v))
                for k, v in local.items()}
       # What blocks the host: the batch and the slicing into per-device shards; the copies
       # to the devices run asynchronously (the step waits for them, not the host).
@@ -217,14 +197,57 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   ckpt.wait()
   timings["train"] = time.perf_counter() - t
   writer.close()
+  return state, last_metrics
+
+
+def _export(config: ml_collections.ConfigDict, workdir: Path, objective, state: dict,
+            data: datasets.TrainingData) -> None:
+  frontend_meta = datasets.frontend_metadata(config, data)
+  transform = objective.input_transform(state["params"], state["aux"])
+  if transform is not None:
+    frontend_meta["input_norm"] = transform
+  export.export_encoder(workdir / "export", config, objective.encoder_params(state["params"]),
+                        frontend_meta)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
+  workdir = Path(workdir).absolute()
+  validation.validate(config)
+  check_workdir(workdir, config)
+  # A fresh run's pretrained parameters, read and checked before anything compiles.
+  pretrained = warm_start.load(config) \
+      if config.init_from and not has_checkpoint(workdir) else None
+  timings = {}
+
+  t = time.perf_counter()
+  data = datasets.resolve(config)
+  validation.validate_dataset(config, data.num_examples)
+  dataset = datasets.train_dataset(config, data)
+  timings["data"] = time.perf_counter() - t
+  total_steps, warmup_steps = update.schedule_steps(config, data.num_examples)
+
+  mesh = mesh_lib.make_mesh(config.mesh)
+  _check_micro_batch(config, mesh)
+  objective = objectives.build(config, total_steps)
+  tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"),
+                                           config.train.batch_size, total_steps, warmup_steps,
+                                           objective.ema_subtree)
+
+  t = time.perf_counter()
+  compiled = update.compile_step(config, objective, tx, schedules, mesh,
+                                 data.metadata["frontend"]["n_mels"])
+  timings["compile"] = time.perf_counter() - t
+  mesh_lib.check_replicated(config.sharding_check, compiled.abstract_state, compiled.shardings,
+                            mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.rules(config)):
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    iterator = iter(dataset)
+    state = _initial_state(config, workdir, compiled, ckpt, iterator, tx, pretrained)
+  state, last_metrics = _loop(config, workdir, compiled, state, iterator, ckpt, total_steps,
+                              timings)
   finished = int(state["step"])
   if finished == total_steps:
-    frontend_meta = datasets.frontend_metadata(config, data)
-    transform = objective.input_transform(state["params"], state["aux"])
-    if transform is not None:
-      frontend_meta["input_norm"] = transform
-    export.export_encoder(workdir / "export", config, objective.encoder_params(state["params"]),
-                          frontend_meta)
+    _export(config, workdir, objective, state, data)
   ckpt.close()
   return TrainResult(finished, total_steps, finished < total_steps,
                      {k: float(v) for k, v in last_metrics.items()}, timings)
