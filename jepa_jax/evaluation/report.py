@@ -46,9 +46,11 @@ def markdown(results: dict) -> str:
 def bar_chart(results: dict, path: Path) -> None:
   """One group of bars per (task, protocol, score), one bar per feature set; d-prime,
   on another scale than the [0, 1] scores, is left to the table."""
-  import matplotlib
+  # lazy: the Agg backend is chosen only when a picture is drawn, never on import (that
+  # would change the backend of a notebook that imports the package)
+  import matplotlib  # lazy: see above
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # lazy: after the backend is chosen
   groups = [r for r in rows(results) if r[2] != "d_prime"]
   sets = [fs for fs in _columns(groups) if not fs.startswith(frozen.difference_name(""))]
   width = 0.8 / len(sets)

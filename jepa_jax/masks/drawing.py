@@ -9,10 +9,12 @@ COLOURS = {"unused": "#e6e6e6", "context": "#3b75af", "target": "#ef8636"}
 def draw_masks(m: masks.MaskSet, grid, titles: list[str], path, columns: int = 4) -> None:
   """One panel per clip (first mask set): context, target and unused patches in the
   colours of COLOURS, like Audio-JEPA's figure 1 (frequency up, time to the right)."""
-  import matplotlib
+  # lazy: the Agg backend is chosen only when a picture is drawn, never on import (that
+  # would change the backend of a notebook that imports the package)
+  import matplotlib  # lazy: see above
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib.colors import ListedColormap
+  import matplotlib.pyplot as plt  # lazy: after the backend is chosen
+  from matplotlib.colors import ListedColormap  # lazy: as pyplot
 
   n = len(titles)
   rows = -(-n // columns)
