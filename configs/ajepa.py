@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.normalization = "recipe"   # AudioMAE: (x + 4.27) / (2 x 4.57)
   c.data.gain_jitter_db = 6.0
   fields.set_encoder_size(c, variant.get("size", "vit_b"))
-  c.predictor = fields.head_config(
+  c.predictor = fields.predictor_config(
       "ajepa", layout="full_grid", attention="global" if variant.get("global") else "local",
       window=(4, 4), shift=(0, 2))
 

@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = fields.base_config("jepa", "audio_jepa", frames_for(variant.get("d", 2.1)))
   fields.set_encoder_size(c, variant.get("size", "vit_b"))
   # Queries only: context + one mask token per target slot, global attention.
-  c.predictor = fields.head_config("audio_jepa", layout="queries")
+  c.predictor = fields.predictor_config("audio_jepa", layout="queries")
 
   # Table 3: mask.strategy in {unstructured, multi_block, time} x jepa.target_domain in
   # {audio, latent}; each strategy's parameters are the papers' (jepa_jax/masks.py).

@@ -25,9 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.normalization = "recipe"
   fields.set_encoder_size(c, variant.get("size", "vit_b"))
   if variant.get("global"):
-    c.decoder = fields.head_config("dec_25m", layout="full_grid")
+    c.decoder = fields.predictor_config("dec_25m", layout="full_grid")
   else:
-    c.decoder = fields.head_config("audiomae", layout="full_grid", attention="local",
+    c.decoder = fields.predictor_config("audiomae", layout="full_grid", attention="local",
                                        window=(4, 4), shift=(0, 2))
   if variant.get("lines"):
     c.mask = masks.default_config("time_and_frequency")

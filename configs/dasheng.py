@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "dasheng_1.2b" if variant.get("1.2b") else "vit_b"
   fields.set_encoder_size(c, size)
   c.model.update(patch_shape=(64, 4), positions="learned")
-  c.decoder = fields.head_config("dec_56m" if variant.get("dec56m") else "dec_25m",
+  c.decoder = fields.predictor_config("dec_56m" if variant.get("dec56m") else "dec_25m",
                                      layout="full_grid", positions="learned")
   c.mask = masks.default_config("grouped")  # ratio 0.75, groups of 2 tokens (80 ms)
   c.mae = ml_collections.ConfigDict(dict(norm_pix_eps=1e-6, input_norm="batch_norm"))

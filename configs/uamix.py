@@ -21,7 +21,7 @@ docs/objectives.md), progressive retraining in two runs:
 
 From the paper: ViT-B AudioMAE encoder, tau 0.15, top-1 neighbour, the two stages above.
 Not in the paper (it defers to Lehner et al.'s NNCLR settings, which it does not list):
-  - head: NNCLR's projector, 3 x (Linear, BatchNorm), 2048 hidden, 256 out (NNCLR paper);
+  - projector: NNCLR's, 3 x (Linear, BatchNorm), 2048 hidden, 256 out (NNCLR paper);
   - alpha 1.0 (NNCLR has no mixing; CutMix's default, docs/objectives.md);
   - queue 16,384: NNCLR's 98,304 is larger than AudioSet-20K (20,550 clips, the paper's
     tuning set), and a queue as large as the dataset is an error here;
@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temperature=0.15,   # paper
       topk=1,             # paper
       queue_size=16384,   # ours (see above)
-      head=dict(hidden=2048, out=256, layers=3),  # NNCLR's projector
+      projector=dict(hidden=2048, out=256, layers=3),  # NNCLR's
       mixing=dict(mode=mix, alpha=1.0, width_rule=variant.get("width", "sqrt"),
                   label_smoothing=0.1 if mix == "mixup" else 0.0),
       augment=augment.default_config()))
@@ -89,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.exclude_classes = DEMO_HELD_OUT
     c.model.update(width=192, depth=6, num_heads=3, mlp_dim=768)
     c.uamix.update(queue_size=1024)
-    c.uamix.head.update(hidden=512, out=128)
+    c.uamix.projector.update(hidden=512, out=128)
     # At batch 64: stage 1 lr 1e-4 (the paper's), stage 2 lr 4e-4 (chosen on the demo).
     c.optim.update(base_lr=4e-4 if stage == 1 else 1.6e-3)
     c.train.update(batch_size=64, log_every=25, checkpoint_every=200,

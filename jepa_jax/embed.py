@@ -1,34 +1,36 @@
+"""`python -m jepa_jax.embed`: the command line over jepa_jax/evaluation/embeddings.py, whose
+docstring (printed by --help) says what is embedded and where the cache goes."""
 import json
-import sys
 
+from absl import flags
+
+from data_pipelines import cli_flags as cli
 from jepa_jax.evaluation import embeddings, features
 
 
-def main(argv: list[str] | None = None) -> None:
-  import argparse
+def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
+  flags.DEFINE_string("workdir", None, "training workdir holding export/", flag_values=values)
+  flags.DEFINE_string("task", None, "a task folder (audio + meta.csv) or labelled mel shards",
+                      flag_values=values)
+  flags.DEFINE_enum("freq_pool", "concat", features.FREQ_POOLS, "concatenate (EVAR) or "
+                    "average the frequency tokens of a time step", flag_values=values)
+  flags.DEFINE_bool("random_init", False, "embed with the encoder as its training started",
+                    flag_values=values)
+  flags.DEFINE_float("unit_sec", None, "clip length in seconds (default: the task's "
+                     "task.json, else whole)", flag_values=values)
 
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs several INFO lines per restore
-  p = argparse.ArgumentParser(prog="python -m jepa_jax.embed", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", required=True, help="training workdir holding export/")
-  p.add_argument("--task", required=True,
-                 help="a task folder (audio + meta.csv) or labelled mel shards")
-  p.add_argument("--freq_pool", choices=features.FREQ_POOLS, default="concat",
-                 help="concatenate (EVAR) or average the frequency tokens of a time step")
-  p.add_argument("--random_init", action="store_true",
-                 help="embed with the encoder as its training started")
-  p.add_argument("--unit_sec", type=float, default=None,
-                 help="clip length in seconds (default: the task's task.json, else whole)")
-  args = p.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+  """The command: argv holds the arguments after the program name (None: sys.argv[1:])."""
+  args = cli.parse(argv, define_flags, embeddings.__doc__, required=("workdir", "task"))
   try:
     config, frontend_meta, sets = embeddings.load_feature_sets(
         args.workdir, ("random_init",) if args.random_init else ("trained",))
     (task, x), = embeddings.embed_tasks(args.workdir, [args.task], sets, frontend_meta,
-                             freq_pool=args.freq_pool, unit_sec=args.unit_sec,
-                             chunk_batch=config.probe.chunk_batch)
+                                        freq_pool=args.freq_pool, unit_sec=args.unit_sec,
+                                        chunk_batch=config.probe.chunk_batch)
   except (FileNotFoundError, ValueError) as err:
-    sys.exit(f"error: {err}")
+    cli.fail(str(err))
   path = embeddings.cache_path(args.workdir, task, sets[0], frontend_meta, args.freq_pool)
   print(json.dumps({"task": task.name, "clips": len(task), "dim": int(x[sets[0].name].shape[1]),
                     "features": str(path)}))

@@ -18,21 +18,26 @@ import time
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from data_pipelines import cli_flags as cli
 from jepa_jax import objectives
 from jepa_jax.config import fields, validation
 from jepa_jax.evaluation import suite
 from jepa_jax.parallel import distributed
 from jepa_jax.training import datasets, loop
 
-config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/audio_jepa.py:demo",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go")
-flags.DEFINE_bool("dry_run", False, "build abstract shapes only; print parameter counts")
-flags.DEFINE_bool("probe", True, "run the linear probe after training")
-FLAGS = flags.FLAGS
+
+def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
+  config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/audio_jepa.py:demo",
+                                  flag_values=values, lock_config=True,
+                                  sys_argv=command_line)
+  flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go",
+                      flag_values=values)
+  flags.DEFINE_bool("dry_run", False, "build abstract shapes only; print parameter counts",
+                    flag_values=values)
+  flags.DEFINE_bool("probe", True, "run the linear probe after training", flag_values=values)
 
 
 def parameter_counts(config) -> dict:
@@ -43,65 +48,30 @@ def parameter_counts(config) -> dict:
           for name, tree in abstract.items()}
 
 
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def _last_line(message: str) -> str:
-  """The exception line of a message that may embed a traceback (config_flags does)."""
-  lines = [ln.strip() for ln in message.splitlines()
-           if ln.strip() and not ln.strip().startswith("Pass --help")]
-  line = lines[-1] if lines else message
-  head, sep, tail = line.partition(": ")
-  return tail if sep and head.rsplit(".", 1)[-1].endswith(("Error", "Exception")) else line
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with config-file and override errors turned into one clear line."""
-  try:
-    return FLAGS(argv)
-  except (AttributeError, KeyError) as err:  # an override names a field that is not there
-    name = str(err).strip("\"'")
-    culprit = [a for a in argv if a.startswith("--config.") and name in a.split("=")[0]]
-    _fail(f"unknown config field {name!r} in {culprit[0] if culprit else 'an override'}; "
-          f"overrides must name existing fields of the config file")
-  except (flags.Error, TypeError, ValueError, OSError) as err:
-    _fail(f"bad command line: {_last_line(str(err))}")
-
-
-def run(argv) -> None:
-  if not FLAGS["verbosity"].present:
-    # Library INFO logs (orbax writes several per checkpoint) drown the progress line;
-    # --verbosity=0 brings them back.
-    logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}; flags are written --name=value")
-  config = FLAGS.config
+def main(argv: list[str] | None = None) -> None:
+  """The command: argv holds the arguments after the program name (None: sys.argv[1:])."""
+  args = cli.parse(argv, define_flags, __doc__)
+  config = cli.config(args)
   if config is None:
-    _fail("--config is required, e.g. --config=configs/audio_jepa.py:demo")
+    cli.fail("--config is required, e.g. --config=configs/audio_jepa.py:demo")
   try:
-    config.to_dict()  # config_flags defers a failed load to the first use
-  except OSError as err:
-    _fail(f"cannot load --config: {_last_line(str(err))}")
-  try:
-    if not FLAGS.dry_run:  # shapes only: nothing to coordinate
+    if not args.dry_run:  # shapes only: nothing to coordinate
       # First: the processes of a multi-process run join before any device is touched.
       distributed.initialize(config)
     validation.validate(config)
   except fields.ConfigError as err:
-    _fail(str(err))
-  if FLAGS.dry_run:
+    cli.fail(str(err))
+  if args.dry_run:
     print(json.dumps({"params": parameter_counts(config)}))
     return
-  if not FLAGS.workdir:
-    _fail("--workdir is required (a folder for checkpoints, metrics and the export)")
+  if not args.workdir:
+    cli.fail("--workdir is required (a folder for checkpoints, metrics and the export)")
 
   try:
-    result = loop.train(config, FLAGS.workdir)
+    result = loop.train(config, args.workdir)
   except (fields.ConfigError, datasets.DataError, loop.IncompatibleWorkdirError,
           loop.NonFiniteLossError) as err:
-    _fail(str(err))
+    cli.fail(str(err))
   primary = distributed.is_primary()
   if result.interrupted:
     if primary:
@@ -109,7 +79,7 @@ def run(argv) -> None:
             f"to resume", file=sys.stderr)
     sys.exit(1)
   if primary:
-    print(json.dumps(summary(config, result, FLAGS.workdir, FLAGS.probe)))
+    print(json.dumps(summary(config, result, args.workdir, args.probe)))
   # Process 0 alone probes, on its own devices; the others wait for it here rather than
   # leave the distributed runtime under it.
   distributed.barrier("probed")
@@ -128,10 +98,6 @@ def summary(config, result, workdir: str, probe: bool) -> dict:
     out = {**suite.probe_workdir(workdir), **out}
     out["timings_s"]["probe"] = round(time.perf_counter() - t, 1)
   return out
-
-
-def main() -> None:
-  app.run(run, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

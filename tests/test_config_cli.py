@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from jepa_jax import main
-from jepa_jax.config import fields, validation
+from jepa_jax.config import fields, upgrade, validation
 from tests.tiny import ROOT, load_config_module
 
 audio_jepa = load_config_module()
@@ -74,7 +74,10 @@ def test_resume_differences_ignore_logging_but_not_model():
 def test_runs_saved_before_a_field_existed_resume_with_its_old_behaviour():
   saved = fields.to_dict(audio_jepa.get_config("demo"))
   del saved["data"]["exclude_classes"]  # as written before the field was added
+  del saved["init_from"]
   current = audio_jepa.get_config("demo")
+  assert fields.resume_differences(saved, fields.to_dict(current)) != []
+  saved = upgrade.upgrade(saved)  # what the resume check compares
   assert fields.resume_differences(saved, fields.to_dict(current)) == []
   current.data.exclude_classes = "pitch:110-156Hz"
   assert fields.resume_differences(saved, fields.to_dict(current)) == [
@@ -138,3 +141,28 @@ def test_table3_cells_are_one_override_each(strategy, domain):
       lambda p, b: objective.loss(p, {"ema": p["encoder"]}, b, jax.random.key(0), 0),
       params, batch)
   assert loss.shape == ()
+
+
+def test_entry_points_share_one_process_and_run_twice(capsys):
+  """Flags live on a FlagValues per call: none is defined at import time, none twice."""
+  import importlib
+
+  from absl import flags
+  modules = [importlib.import_module(f"jepa_jax.{name}")
+             for name in ("main", "evaluate", "embed", "masks.__main__")]
+  for _ in range(2):
+    for module in modules:
+      with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+      out = capsys.readouterr().out
+      assert exited.value.code == 0 and "flags:" in out and "--verbosity" in out
+      with pytest.raises(SystemExit) as exited:
+        module.main(["--no_such_flag=1"])
+      assert exited.value.code == 2
+      assert capsys.readouterr().err == "error: bad command line: Unknown command line flag " \
+                                        "'no_such_flag'\n"
+    main.main([f"--config={ROOT / 'configs' / 'audio_jepa.py'}:demo",
+               "--config.model.depth=2", "--dry_run"])
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["params"]
+    assert counts["encoder"] < main.parameter_counts(audio_jepa.get_config("demo"))["encoder"]
+  assert not {"config", "workdir", "task", "strategy", "dry_run"} & set(flags.FLAGS)

@@ -215,13 +215,14 @@ def test_train_step_drops_tokens_and_asks_for_one_mask_per_layer(monkeypatch):
     calls.append((depth, batch, tokens, rate))
     return real(rng, depth, batch, tokens, rate, valid)
   monkeypatch.setattr(vit, "regularised_key_masks", spy)
-  params = {"encoder": enc_params, "head": _params(finetune.Head(3), jnp.zeros((1, 1, 32)))}
+  params = {"encoder": enc_params,
+            "classifier": _params(finetune.Classifier(3), jnp.zeros((1, 1, 32)))}
   batch = {"mel": jnp.zeros((4, 80, 64)), "y": jnp.zeros((4, 3)), "w": jnp.ones(4)}
   for rm_rate in (0.1, 0.0):
     opts = finetune.StepOptions.of(finetune.settings_of(dict(rm_rate=rm_rate)), False)
     opt_state = finetune.make_optimizer(opts).init(params)
     jax.eval_shape(lambda p, o, opts=opts: finetune.train_step(
-        enc, finetune.Head(3), opts, p, o, batch, 1e-3, jax.random.key(0)), params, opt_state)
+        enc, finetune.Classifier(3), opts, p, o, batch, 1e-3, jax.random.key(0)), params, opt_state)
   assert calls == [(2, 4, 4 * 3, 0.1)]  # kept(5) x kept(4) tokens; none with rm_rate 0
 
 

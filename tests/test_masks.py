@@ -88,7 +88,7 @@ def test_fixed_count_strategies_fill_every_slot(grid):
 
 
 def _area_range(grid, scale, aspect):
-  """min / max block area by dense enumeration of the SPEC rule."""
+  """min / max block area by dense enumeration of the rule in docs/masks.md."""
   areas = [np.prod(ref.block_hw(a * grid[0] * grid[1], r, grid))
            for a in np.linspace(*scale, 60) for r in np.linspace(*aspect, 60)]
   return min(areas), max(areas)

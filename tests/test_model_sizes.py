@@ -99,7 +99,7 @@ def test_dasheng_config_sizes(variant, size, decoder, figure):
   """What --dry_run prints for configs/dasheng.py: learned positions in the encoder and
   the decoder (T + 1 rows each), decoder embed from the encoder width."""
   counts = main.parameter_counts(load_config_module("dasheng").get_config(variant))
-  e, h = fields.ENCODER_SIZES[size], fields.HEAD_SIZES[decoder]
+  e, h = fields.ENCODER_SIZES[size], fields.PREDICTOR_SIZES[decoder]
   rows = DASHENG_TOKENS + 1
   assert counts["encoder"] == encoder_params(e["width"], e["depth"], e["mlp_dim"], 256, rows)
   assert _within(counts["encoder"], figure)
@@ -109,7 +109,7 @@ def test_dasheng_config_sizes(variant, size, decoder, figure):
 
 def _decoder(size: str, grid=(8, 64), **kw):
   return predictor.Predictor(grid=grid, out_dim=PATCH_16, full_grid=True,
-                             **fields.HEAD_SIZES[size], **kw)
+                             **fields.PREDICTOR_SIZES[size], **kw)
 
 
 def _decoder_count(module, in_width: int) -> int:
@@ -125,7 +125,7 @@ def _decoder_count(module, in_width: int) -> int:
     ("dec_56m", 1536, 56e6),   # and this one to Dasheng-1.2B (1536)
 ])
 def test_mae_decoder_sizes(size, in_width, figure):
-  shape = fields.HEAD_SIZES[size]
+  shape = fields.PREDICTOR_SIZES[size]
   d, depth, mlp = shape["width"], shape["depth"], shape["mlp_dim"]
   count = _decoder_count(_decoder(size), in_width)
   assert count == head_params(d, depth, mlp, in_width, PATCH_16)
@@ -156,8 +156,9 @@ def test_counts_do_not_depend_on_layer_scanning():
                                               **shape), patches) for scan in (False, True)}
   assert counts[False] == counts[True] == 21_393_024
   # A-JEPA's shifted-window predictor scans in pairs: still the same count.
-  pairs = {scan: _decoder_count(_decoder("ajepa", windows=attention.Windows((8, 64), (4, 4), (0, 2)),
-                                         scan=scan), 768) for scan in (False, True)}
+  windows = attention.Windows((8, 64), (4, 4), (0, 2))
+  pairs = {scan: _decoder_count(_decoder("ajepa", windows=windows, scan=scan), 768)
+           for scan in (False, True)}
   assert pairs[False] == pairs[True] == head_params(512, 16, 2048, 768, PATCH_16)
 
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from jepa_jax import export
+from jepa_jax.config import fields, upgrade
 from jepa_jax.evaluation import suite
 from jepa_jax.training import loop
 from tests.tiny import tiny_config
@@ -34,3 +35,17 @@ def test_old_export_evaluates(tmp_path):
                               ("trained",))
   assert set(results) == {"pitch", "source", "envelope"}
   assert 0.0 <= results["pitch"]["knn"]["trained"]["scores"]["accuracy"]["mean"] <= 1.0
+
+
+def test_upgrade_fills_added_fields_and_renames_only_where_their_section_is():
+  saved = {"objective": "uamix", "model": {"width": 32},
+           "uamix": {"head": {"hidden": 16, "out": 8, "layers": 3}, "augment": {}}}
+  new = upgrade.upgrade(saved)
+  assert new["uamix"]["projector"] == {"hidden": 16, "out": 8, "layers": 3}
+  assert "head" not in new["uamix"] and "head" in saved["uamix"]  # the input is untouched
+  assert new["uamix"]["augment"]["background"] == 0.0
+  assert (new["init_from"], new["model"]["scan_layers"], new["model"]["remat"]) == ("", False,
+                                                                                     "none")
+  assert "predictor" not in new and "decoder" not in new  # no section appears by a field
+  assert new["finetune"] == fields.FINETUNE_DEFAULTS
+  assert upgrade.upgrade(new) == new

@@ -28,7 +28,7 @@ def _splits(x, y, cuts=(600, 750)):
 def test_linear_probe_matches_logistic_regression():
   x, y = _blobs(900, 20, 4, 0)
   train, valid, test = _splits(x, y)
-  ours = probe.train_head(probe.LINEAR, train, valid, test, 4, False, seeds=3, lrs=(1e-2,),
+  ours = probe.train_probe(probe.LINEAR, train, valid, test, 4, False, seeds=3, lrs=(1e-2,),
                           max_epochs=100, patience=20, batch_size=64)
   acc = [s["accuracy"] for s in ours["per_seed"]]
   scaler = StandardScaler().fit(train.x)
@@ -52,7 +52,7 @@ def test_multilabel_linear_probe_matches_one_vs_rest_logistic_regression():
   from sklearn.multiclass import OneVsRestClassifier
   x, y = _multilabel_blobs(900, 16, 5, 3)
   train, valid, test = _splits(x, y)
-  ours = probe.train_head(probe.LINEAR, train, valid, test, 5, True, seeds=2, lrs=(1e-2,),
+  ours = probe.train_probe(probe.LINEAR, train, valid, test, 5, True, seeds=2, lrs=(1e-2,),
                           max_epochs=100, patience=20, batch_size=64)
   scaler = StandardScaler().fit(train.x)
   ref = OneVsRestClassifier(LogisticRegression(max_iter=2000)).fit(
@@ -71,17 +71,17 @@ def test_mlp_head_learns_what_a_linear_head_cannot():
   y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int32)
   train, valid, test = _splits(x, y)
   kw = dict(seeds=2, max_epochs=60, patience=10, batch_size=128)
-  lin = probe.train_head(probe.LINEAR, train, valid, test, 2, False, lrs=(1e-2,), **kw)
-  mlp = probe.train_head(probe.mlp_head(1), train, valid, test, 2, False,
+  lin = probe.train_probe(probe.LINEAR, train, valid, test, 2, False, lrs=(1e-2,), **kw)
+  mlp = probe.train_probe(probe.mlp_probe(1), train, valid, test, 2, False,
                          lrs=probe.MLP_LEARNING_RATES, **kw)
   assert np.mean([s["accuracy"] for s in lin["per_seed"]]) < 0.65
   assert np.mean([s["accuracy"] for s in mlp["per_seed"]]) > 0.9
   assert mlp["lr"] in probe.MLP_LEARNING_RATES
 
 
-def test_mlp_head_layers_batchnorm_and_dropout():
-  head = probe.mlp_head(2)
-  params, stats = probe.init(head, jax.random.key(0), 6, 3)
+def test_mlp_probe_layers_batchnorm_and_dropout():
+  kind = probe.mlp_probe(2)
+  params, stats = probe.init(kind, jax.random.key(0), 6, 3)
   assert [p["w"].shape for p in params["layers"]] == [(6, 1024), (1024, 1024), (1024, 3)]
   x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 6)) * 3 + 1, jnp.float32)
   # Inference with fresh statistics (mean 0, var 1) is the plain MLP with ReLU.
@@ -89,17 +89,17 @@ def test_mlp_head_layers_batchnorm_and_dropout():
   for layer in params["layers"][:-1]:
     h = jax.nn.relu((h @ layer["w"] + layer["b"]) / np.sqrt(1 + probe.BN_EPS))
   expected = h @ params["layers"][-1]["w"] + params["layers"][-1]["b"]
-  got, same = probe.apply(head, params, stats, x)
+  got, same = probe.apply(kind, params, stats, x)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
   # Training normalises with the batch's statistics and moves the running ones by 0.1.
-  _, new = probe.apply(head, params, stats, x, train=True, key=jax.random.key(1))
+  _, new = probe.apply(kind, params, stats, x, train=True, key=jax.random.key(1))
   z = x @ params["layers"][0]["w"] + params["layers"][0]["b"]
   np.testing.assert_allclose(new[0]["mean"], 0.1 * z.mean(0), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(new[0]["var"], 0.9 + 0.1 * z.var(0, ddof=1), rtol=1e-4)
   # Dropout: different keys drop different units; the same key gives the same output.
-  a, _ = probe.apply(head, params, stats, x, train=True, key=jax.random.key(1))
-  b, _ = probe.apply(head, params, stats, x, train=True, key=jax.random.key(2))
-  c, _ = probe.apply(head, params, stats, x, train=True, key=jax.random.key(1))
+  a, _ = probe.apply(kind, params, stats, x, train=True, key=jax.random.key(1))
+  b, _ = probe.apply(kind, params, stats, x, train=True, key=jax.random.key(2))
+  c, _ = probe.apply(kind, params, stats, x, train=True, key=jax.random.key(1))
   assert not np.allclose(a, b) and np.array_equal(a, c)
 
 

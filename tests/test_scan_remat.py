@@ -213,12 +213,14 @@ def test_config_fields_default_off_and_reach_the_modules():
   assert (enc.scan, enc.remat) == (False, "none")
   _scan_everything(c)
   validation.validate(c)
-  assert (models.build_encoder(c, shapes.grid(c)).scan, models.build_encoder(c, shapes.grid(c)).remat) == (True, "dots_saveable")
+  enc = models.build_encoder(c, shapes.grid(c))
+  assert (enc.scan, enc.remat) == (True, "dots_saveable")
   pred = models.build_predictor(c, shapes.grid(c))
   assert (pred.scan, pred.remat) == (True, "dots_saveable")
   # A config saved before the fields existed builds the plain stack.
   del c.model["scan_layers"], c.model["remat"]
-  assert (models.build_encoder(c, shapes.grid(c)).scan, models.build_encoder(c, shapes.grid(c)).remat) == (False, "none")
+  enc = models.build_encoder(c, shapes.grid(c))
+  assert (enc.scan, enc.remat) == (False, "none")
 
 
 def test_deep_sizes_turn_scanning_on():

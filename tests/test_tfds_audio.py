@@ -342,6 +342,6 @@ def test_cli(built, tmp_path):
   assert _cli().returncode == 2
   flag = _cli(f"--input={folder}", f"--output={tmp_path / 'other'}", "--sample_rate=fast")
   assert flag.returncode == 2 and flag.stderr.count("\n") == 1
-  assert flag.stderr.startswith("error: flag --sample_rate=fast: invalid literal for int()")
+  assert flag.stderr.startswith("error: bad command line: flag --sample_rate=fast: invalid literal")
   usage = _cli("--help")
   assert usage.returncode == 0 and "--sample_rate: rate every file is resampled to" in usage.stdout

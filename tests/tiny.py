@@ -51,7 +51,7 @@ def tiny_uamix_config(stage: int = 1, init_from: str = "/nonexistent", **train):
   c.data.exclude_classes = ""  # the demo's held-out pitch classes would leave ~18 clips
   c.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
   c.uamix.update(queue_size=16)
-  c.uamix.head.update(hidden=16, out=8)
+  c.uamix.projector.update(hidden=16, out=8)
   c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2)
   c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
   c.train.update(**train)

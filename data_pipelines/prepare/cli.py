@@ -21,15 +21,16 @@ from data_pipelines.prepare.plan import Options
 from data_pipelines.prepare.run import ON_ERROR, prepare
 
 
-def _define_flags(values: flags.FlagValues) -> None:
+def _define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
   """The flags of the command line, on `values` (a fresh FlagValues per call of main)."""
+  del command_line  # read by config files' flags; this command has none
   flags.DEFINE_string("input", None, "folder of audio files (searched recursively)",
                       flag_values=values)
   flags.DEFINE_string("tfds", None, "TFDS dataset name (instead of --input)",
                       flag_values=values)
   flags.DEFINE_string("data_dir", None, "folder holding the TFDS dataset", flag_values=values)
   flags.DEFINE_string("split", "train", "TFDS split", flag_values=values)
-  flags.DEFINE_string("output", None, "folder for the shards (required)", flag_values=values)
+  flags.DEFINE_string("output", None, "the folder for the shards", flag_values=values)
   flags.DEFINE_string("frontend", Options.frontend, "log-mel recipe", flag_values=values)
   flags.DEFINE_string("labels", None, "CSV filename,label[,fold][,split] (relative to "
                       "--input)", flag_values=values)
@@ -56,11 +57,7 @@ def _raise_interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
   """The command line; `argv` are the arguments after the program's name (None: sys.argv's).
   Returns the exit code; exits 2 (SystemExit) for a bad flag, 0 after --help."""
-  values = cli_flags.flag_values()
-  _define_flags(values)
-  cli_flags.parse(values, argv, __doc__)
-  if values.output is None:
-    cli_flags.fail("--output is required: the folder for the shards (see --help)")
+  values = cli_flags.parse(argv, _define_flags, __doc__, required=("output",))
   signal.signal(signal.SIGTERM, _raise_interrupt)  # kill: stop cleanly, keep finished units
   options = Options(frontend=values.frontend, max_seconds=values.max_seconds,
                     min_seconds=values.min_seconds, drop_silent=values.drop_silent,

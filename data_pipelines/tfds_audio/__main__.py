@@ -17,20 +17,7 @@ from data_pipelines.tfds_audio.builder import build_audio_folder
 def main(argv: list[str] | None = None) -> int:
   """The command line; `argv` are the arguments after the program's name (None: sys.argv's).
   Returns the exit code; exits 2 (SystemExit) for a bad flag, 0 after --help."""
-  values = cli_flags.flag_values()
-  flags.DEFINE_string("input", None, "audio folder (labels = first-level sub-folder names)",
-                      flag_values=values)
-  flags.DEFINE_string("output", None, "TFDS data_dir to build the dataset in",
-                      flag_values=values)
-  flags.DEFINE_string("name", None, "config name of the dataset (default: the folder's name)",
-                      flag_values=values)
-  flags.DEFINE_integer("sample_rate", 16000, "rate every file is resampled to",
-                       flag_values=values)
-  cli_flags.parse(values, argv, __doc__)
-  if not values.input or not values.output:
-    print("error: --input (an audio folder) and --output (a TFDS data_dir) are required.",
-          file=sys.stderr)
-    return 2
+  values = cli_flags.parse(argv, _define_flags, __doc__, required=("input", "output"))
   try:
     name = build_audio_folder(values.input, values.output, values.name, values.sample_rate)
   except (OSError, ValueError) as e:
@@ -39,6 +26,18 @@ def main(argv: list[str] | None = None) -> int:
   print(f"built TFDS dataset {name} in {values.output}; read it with "
         f"data_pipelines.tfds_audio.open_source({name!r}, {values.output!r}, 'train')")
   return 0
+
+
+def _define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
+  del command_line  # read by config files' flags; this command has none
+  flags.DEFINE_string("input", None, "audio folder (labels = first-level sub-folder names)",
+                      flag_values=values)
+  flags.DEFINE_string("output", None, "TFDS data_dir to build the dataset in",
+                      flag_values=values)
+  flags.DEFINE_string("name", None, "config name of the dataset (default: the folder's name)",
+                      flag_values=values)
+  flags.DEFINE_integer("sample_rate", 16000, "rate every file is resampled to",
+                       flag_values=values)
 
 
 if __name__ == "__main__":

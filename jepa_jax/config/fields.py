@@ -79,7 +79,7 @@ SCANNED_SIZES = ("vit_l", "dasheng_0.6b", "dasheng_1.2b")
 
 
 # Predictor / decoder shapes (docs/models.md).
-HEAD_SIZES = {
+PREDICTOR_SIZES = {
     "audio_jepa": dict(width=512, depth=8, num_heads=16, mlp_dim=2048),
     "ajepa": dict(width=512, depth=16, num_heads=16, mlp_dim=2048),
     "dec_25m": dict(width=512, depth=8, num_heads=16, mlp_dim=2048),
@@ -175,14 +175,14 @@ def set_encoder_size(c: ml_collections.ConfigDict, size: str) -> None:
   c.model.scan_layers = size in SCANNED_SIZES
 
 
-def head_config(size: str | dict, layout: str, attention: str = "global",
+def predictor_config(size: str | dict, layout: str, attention: str = "global",
                 window: tuple[int, int] = (4, 4), shift: tuple[int, int] = (0, 2),
                 positions: str = "sincos") -> ml_collections.ConfigDict:
   """A predictor / decoder section. `layout`: 'queries' (context + a mask token per
   target) or 'full_grid' (context restored on the grid, mask tokens elsewhere);
   `attention` 'global' or 'local' (windows of (freq, time) tokens, shifted by `shift`
   on odd blocks)."""
-  shape = HEAD_SIZES[size] if isinstance(size, str) else size
+  shape = PREDICTOR_SIZES[size] if isinstance(size, str) else size
   return ml_collections.ConfigDict(dict(
       layout=layout, attention=attention, window=dict(freq=window[0], time=window[1]),
       shift=dict(freq=shift[0], time=shift[1]), positions=positions,

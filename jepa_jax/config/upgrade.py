@@ -18,6 +18,8 @@ ADDED_FIELDS = {
     "optim.layer_decay": 1.0, "optim.frozen_layers": 0,
     "train.micro_batches": 1,
 }
+# Fields renamed since: old name -> new name (the value moves).
+RENAMED_FIELDS = {"uamix.head": "uamix.projector"}
 # Sections added whole (their fields never change what a run computed).
 ADDED_SECTIONS = {
     "finetune": fields.FINETUNE_DEFAULTS,
@@ -26,17 +28,28 @@ ADDED_SECTIONS = {
 
 
 def upgrade(saved: dict) -> dict:
-  """A copy of a saved config dict (JSON) with every field added since it was written."""
+  """A copy of a saved config dict (JSON) with the fields renamed and added since it was
+  written."""
   out = copy.deepcopy(saved)
+  for old, new in RENAMED_FIELDS.items():
+    old_parent, old_key = _section(out, old), old.rpartition(".")[2]
+    if old_parent is not None and old_key in old_parent:
+      _section(out, new)[new.rpartition(".")[2]] = old_parent.pop(old_key)
   for name, value in ADDED_SECTIONS.items():
     out.setdefault(name, copy.deepcopy(value))
   for name, value in ADDED_FIELDS.items():
-    *path, key = name.split(".")
-    section = out
-    for part in path:
-      section = section.get(part)
-      if not isinstance(section, dict):
-        break
-    else:
-      section.setdefault(key, value)
+    section = _section(out, name)
+    if section is not None:
+      section.setdefault(name.rpartition(".")[2], value)
   return out
+
+
+def _section(config: dict, name: str) -> dict | None:
+  """The dict holding field `name` ('a.b.c' -> config['a']['b']), or None where the
+  config lacks that section."""
+  section = config
+  for part in name.split(".")[:-1]:
+    section = section.get(part)
+    if not isinstance(section, dict):
+      return None
+  return section

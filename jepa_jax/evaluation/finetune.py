@@ -1,8 +1,8 @@
 """Full fine-tuning of an exported encoder on a labelled task (docs/evaluation.md).
 
-Model: the encoder, mean pool over its output tokens, then AudioMAE's head: a LayerNorm
+Model: the encoder, mean pool over its output tokens, then AudioMAE's classifier: a LayerNorm
 (`fc_norm`) and a linear layer (weights N(0, 2e-5) truncated, zero bias, as MAE). Every
-parameter trains; the encoder's layers by layer-wise lr decay (layerwise.py; head and
+parameter trains; the encoder's layers by layer-wise lr decay (layerwise.py; classifier and
 the encoder's final norm x 1, block i x decay ** (L + 1 - i), embedding x decay ** (L + 1)).
 
 Settings: the config's `finetune` section; defaults (fields.FINETUNE_DEFAULTS) are
@@ -71,7 +71,7 @@ from jepa_jax.objectives import mixing
 from jepa_jax.optim import layerwise, optimizer
 
 
-class Head(nn.Module):
+class Classifier(nn.Module):
   """Mean pool over tokens, LayerNorm (AudioMAE's fc_norm), linear layer to logits."""
   num_classes: int
 
@@ -132,7 +132,7 @@ def example_losses(logits: jnp.ndarray, y: jnp.ndarray, multilabel: bool) -> jnp
 
 def make_optimizer(s) -> optax.GradientTransformation:
   """AdamW at unit learning rate (the step multiplies by the scheduled lr), then the
-  layer-wise decay factors of params['encoder'] (the head gets factor 1)."""
+  layer-wise decay factors of params['encoder'] (the classifier gets factor 1)."""
   _, after = layerwise.transformations(s.layer_decay, 0, "encoder")
   adamw = optax.adamw(1.0, b1=s.b1, b2=s.b2, eps=1e-8, weight_decay=s.weight_decay,
                       mask=optimizer.weight_decay_mask)
@@ -171,17 +171,17 @@ class StepOptions:
                bool(multilabel))
 
 
-def apply_model(encoder: vit.Encoder, head: Head, params, mel: jnp.ndarray,
+def apply_model(encoder: vit.Encoder, classifier: Classifier, params, mel: jnp.ndarray,
                 idx: jnp.ndarray | None = None, layer_key_masks: jnp.ndarray | None = None):
   """Logits of (B, n_mels, frames) spectrograms; with `idx` only those token positions."""
   patches = patches_lib.patchify(mel, encoder.patch_shape)
   if idx is not None:
     patches = patches_lib.gather_tokens(patches, idx)
   tokens = encoder.apply({"params": params["encoder"]}, patches, idx, None, layer_key_masks)
-  return head.apply({"params": params["head"]}, tokens)
+  return classifier.apply({"params": params["classifier"]}, tokens)
 
 
-def train_step(encoder: vit.Encoder, head: Head, opts: StepOptions, params, opt_state,
+def train_step(encoder: vit.Encoder, classifier: Classifier, opts: StepOptions, params, opt_state,
                batch: dict, lr, rng):
   """One AdamW step on batch {'mel' (B, n_mels, frames), 'y' (B, classes), 'w' (B,)}.
   Returns (params, opt_state, weighted mean loss)."""
@@ -199,7 +199,7 @@ def train_step(encoder: vit.Encoder, head: Head, opts: StepOptions, params, opt_
     masks = attention.regularised_key_masks(r_rm, encoder.depth, b, tokens, opts.rm_rate)
 
   def loss_fn(p):
-    logits = apply_model(encoder, head, p, x, idx, masks)
+    logits = apply_model(encoder, classifier, p, x, idx, masks)
     return (example_losses(logits, y, opts.multilabel) * w).sum() / jnp.maximum(w.sum(), 1.0)
 
   loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -210,7 +210,7 @@ def train_step(encoder: vit.Encoder, head: Head, opts: StepOptions, params, opt_
 
 @dataclasses.dataclass(frozen=True)
 class Compiled:
-  """The jitted functions of one (encoder, head, options, mesh): replicated parameters,
+  """The jitted functions of one (encoder, classifier, options, mesh): replicated parameters,
   batches split over the mesh's 'data' axis."""
   init: Callable      # (encoder params, key) -> (params, opt_state)
   step: Callable      # (params, opt_state, batch, lr, key, step) -> (params, opt_state, loss)
@@ -219,26 +219,26 @@ class Compiled:
 
 
 @functools.lru_cache(maxsize=8)
-def compiled(encoder: vit.Encoder, head: Head, opts: StepOptions,
+def compiled(encoder: vit.Encoder, classifier: Classifier, opts: StepOptions,
              mesh: jax.sharding.Mesh) -> Compiled:
   """Cached, so that every fold, seed and call with the same shapes compiles once."""
   repl, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
   def init(encoder_params, key):
-    head_params = head.init(key, jnp.zeros((1, 1, encoder.width)))["params"]
+    classifier_params = classifier.init(key, jnp.zeros((1, 1, encoder.width)))["params"]
     # The step donates its parameters: never the caller's buffers.
-    params = {"encoder": jax.tree.map(jnp.copy, encoder_params), "head": head_params}
+    params = {"encoder": jax.tree.map(jnp.copy, encoder_params), "classifier": classifier_params}
     return params, make_optimizer(opts).init(params)
 
   def step(params, opt_state, batch, lr, key, i):
-    return train_step(encoder, head, opts, params, opt_state, batch, lr,
+    return train_step(encoder, classifier, opts, params, opt_state, batch, lr,
                       jax.random.fold_in(key, i))
 
   return Compiled(
       init=jax.jit(init, out_shardings=repl),
       step=jax.jit(step, in_shardings=(repl, repl, split, repl, repl, repl),
                    out_shardings=repl, donate_argnums=(0, 1)),
-      logits=jax.jit(functools.partial(apply_model, encoder, head),
+      logits=jax.jit(functools.partial(apply_model, encoder, classifier),
                      in_shardings=(repl, split), out_shardings=repl),
       copy=jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=repl))
 
@@ -393,7 +393,7 @@ def finetune_task(encoder: vit.Encoder, params, frontend_meta: dict,
   num_classes = len(task.label_names)
   y = labels if task.multilabel else np.eye(num_classes, dtype=np.float32)[labels]
   mesh = _data_mesh(s.batch_size)
-  fns = compiled(encoder, Head(num_classes), StepOptions.of(s, task.multilabel), mesh)
+  fns = compiled(encoder, Classifier(num_classes), StepOptions.of(s, task.multilabel), mesh)
   # Exported parameters arrive on one device; the steps take them replicated on the mesh.
   params = jax.device_put(params, NamedSharding(mesh, P()))
   run = _Run(encoder, fns, s, y.astype(np.float32), labels, task.multilabel)

@@ -15,29 +15,30 @@ def _fold_mean(per_fold: list[list[dict]]) -> list[dict]:
           for s in range(len(per_fold[0]))]
 
 
-def _heads(x: np.ndarray, task: task_data.LabelledTask, heads: list, lrs, cfg) -> dict:
-  """Train each head of `heads` at each lr per fold, keep the best on validation."""
+def _probes(x: np.ndarray, task: task_data.LabelledTask, kinds: list, lrs, cfg) -> dict:
+  """Train a probe of each kind of `kinds` at each lr per fold, keep the best on
+  validation."""
   y = task.targets()
   per_fold, chosen = [], []
   for tr, va, te in task_data.splits(task):
-    runs = [probe.train_head(
-        head, probe.Split(x[tr], y[tr]), probe.Split(x[va], y[va]), probe.Split(x[te], y[te]),
+    runs = [probe.train_probe(
+        kind, probe.Split(x[tr], y[tr]), probe.Split(x[va], y[va]), probe.Split(x[te], y[te]),
         len(task.label_names), task.multilabel, seeds=cfg.seeds, lrs=lrs,
         max_epochs=cfg.max_epochs, patience=cfg.patience, batch_size=cfg.batch_size)
-        for head in heads]
+        for kind in kinds]
     best = int(np.argmax([r["valid_score"] for r in runs]))
     per_fold.append(runs[best]["per_seed"])
-    chosen.append({"hidden_layers": len(heads[best].hidden), "lr": runs[best]["lr"]})
+    chosen.append({"hidden_layers": len(kinds[best].hidden), "lr": runs[best]["lr"]})
   return {"scores": scores.summary(_fold_mean(per_fold)), "chosen": chosen}
 
 
 def linear(x, task, cfg) -> dict:
-  return _heads(x, task, [probe.LINEAR], (cfg.lr,), cfg)
+  return _probes(x, task, [probe.LINEAR], (cfg.lr,), cfg)
 
 
 def mlp(x, task, cfg) -> dict:
-  return _heads(x, task, [probe.mlp_head(d) for d in probe.MLP_DEPTHS],
-                probe.MLP_LEARNING_RATES, cfg)
+  return _probes(x, task, [probe.mlp_probe(d) for d in probe.MLP_DEPTHS],
+                 probe.MLP_LEARNING_RATES, cfg)
 
 
 def knn_protocol(x, task, cfg) -> dict:

@@ -1,7 +1,7 @@
 """Heads trained on frozen features: the `linear` (EVAR) and `mlp` (HEAR) protocols.
 
 One trainer for both. Features are standardised with statistics of the training split;
-the head (no hidden layer for `linear`; for `mlp` 1 or 2 hidden layers of 1024 units,
+the probe (no hidden layer for `linear`; for `mlp` 1 or 2 hidden layers of 1024 units,
 each Linear -> BatchNorm -> Dropout(0.1) -> ReLU as hear-eval-kit builds them) is
 trained with Adam on softmax cross-entropy (single-label) or sigmoid binary
 cross-entropy (multi-label), for up to `max_epochs`, with early stopping on the
@@ -38,17 +38,17 @@ class Split:
 
 
 @dataclasses.dataclass(frozen=True)
-class Head:
+class Probe:
   hidden: tuple[int, ...] = ()  # () = a linear probe
   dropout: float = 0.0
   batchnorm: bool = False
 
 
-LINEAR = Head()
+LINEAR = Probe()
 
 
-def mlp_head(depth: int) -> Head:
-  return Head(hidden=(MLP_WIDTH,) * depth, dropout=MLP_DROPOUT, batchnorm=True)
+def mlp_probe(depth: int) -> Probe:
+  return Probe(hidden=(MLP_WIDTH,) * depth, dropout=MLP_DROPOUT, batchnorm=True)
 
 
 def standardize(train: np.ndarray, *others: np.ndarray):
@@ -65,24 +65,24 @@ def _linear_init(key, d_in, d_out):
           "b": jax.random.uniform(kb, (d_out,), minval=-bound, maxval=bound)}
 
 
-def init(head: Head, key, d: int, num_classes: int):
-  """(params, batch statistics) of a fresh head."""
-  dims = (d, *head.hidden, num_classes)
+def init(probe: Probe, key, d: int, num_classes: int):
+  """(params, batch statistics) of a fresh probe."""
+  dims = (d, *probe.hidden, num_classes)
   keys = jax.random.split(key, len(dims) - 1)
   params = {"layers": [_linear_init(k, a, b) for k, a, b in zip(keys, dims[:-1], dims[1:])]}
   stats = []
-  if head.batchnorm:
-    params["bn"] = [{"scale": jnp.ones(h), "bias": jnp.zeros(h)} for h in head.hidden]
-    stats = [{"mean": jnp.zeros(h), "var": jnp.ones(h)} for h in head.hidden]
+  if probe.batchnorm:
+    params["bn"] = [{"scale": jnp.ones(h), "bias": jnp.zeros(h)} for h in probe.hidden]
+    stats = [{"mean": jnp.zeros(h), "var": jnp.ones(h)} for h in probe.hidden]
   return params, stats
 
 
-def apply(head: Head, params, stats, x, *, train: bool = False, key=None):
+def apply(probe: Probe, params, stats, x, *, train: bool = False, key=None):
   """Logits, and the batch statistics after this batch (updated only in training)."""
   new_stats = []
   for i, layer in enumerate(params["layers"][:-1]):
     x = x @ layer["w"] + layer["b"]
-    if head.batchnorm:
+    if probe.batchnorm:
       s, bn = stats[i], params["bn"][i]
       if train:
         mean, var = x.mean(0), x.var(0)
@@ -93,9 +93,9 @@ def apply(head: Head, params, stats, x, *, train: bool = False, key=None):
         mean, var = s["mean"], s["var"]
         new_stats.append(s)
       x = (x - mean) / jnp.sqrt(var + BN_EPS) * bn["scale"] + bn["bias"]
-    if train and head.dropout > 0:
-      keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1 - head.dropout, x.shape)
-      x = jnp.where(keep, x / (1 - head.dropout), 0.0)
+    if train and probe.dropout > 0:
+      keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1 - probe.dropout, x.shape)
+      x = jnp.where(keep, x / (1 - probe.dropout), 0.0)
     x = jax.nn.relu(x)
   last = params["layers"][-1]
   return x @ last["w"] + last["b"], new_stats
@@ -127,11 +127,11 @@ def _score(logits, y, classes, multilabel: bool):
   return (jnp.where(classes, logits, -1e9).argmax(-1) == y).mean()
 
 
-@functools.partial(jax.jit, static_argnames=("head", "multilabel", "max_epochs", "patience",
+@functools.partial(jax.jit, static_argnames=("probe", "multilabel", "max_epochs", "patience",
                                              "batch_size"))
-def fit(head: Head, keys, lrs, x_tr, y_tr, x_va, y_va, classes, *, multilabel: bool,
+def fit(probe: Probe, keys, lrs, x_tr, y_tr, x_va, y_va, classes, *, multilabel: bool,
         max_epochs: int, patience: int, batch_size: int):
-  """Train one head per (key, lr) pair (vmapped over both arrays' leading axis).
+  """Train one probe per (key, lr) pair (vmapped over both arrays' leading axis).
 
   Returns the best-validation (params, batch statistics), each epoch's validation score
   (held at its last value once early stopping has frozen the weights; (pairs,
@@ -143,11 +143,11 @@ def fit(head: Head, keys, lrs, x_tr, y_tr, x_va, y_va, classes, *, multilabel: b
 
   def one(key, lr):
     init_key, order_key = jax.random.split(key)
-    params, stats = init(head, init_key, d, classes.shape[0])
+    params, stats = init(probe, init_key, d, classes.shape[0])
     tx = optax.adam(lr)
 
     def loss_fn(p, s, idx, step_key):
-      logits, new_s = apply(head, p, s, x_tr[idx], train=True, key=step_key)
+      logits, new_s = apply(probe, p, s, x_tr[idx], train=True, key=step_key)
       return _loss(logits, y_tr[idx], classes, multilabel), new_s
 
     def epoch(carry):
@@ -166,7 +166,7 @@ def fit(head: Head, keys, lrs, x_tr, y_tr, x_va, y_va, classes, *, multilabel: b
 
       (params, stats, opt_state), _ = jax.lax.scan(
           step, (params, stats, opt_state), (jnp.arange(steps), order))
-      logits, _ = apply(head, params, stats, x_va)
+      logits, _ = apply(probe, params, stats, x_va)
       score = _score(logits, y_va, classes, multilabel)
       loss = _loss(logits, y_va, classes, multilabel)
       improved = (score > best_score) | ((score == best_score) & (loss < best_loss))
@@ -195,10 +195,10 @@ def _padded(y: np.ndarray, num_classes: int, multilabel: bool):
   return jnp.asarray(y), jnp.arange(width) < num_classes
 
 
-def train_head(head: Head, train: Split, valid: Split, test: Split, num_classes: int,
+def train_probe(probe: Probe, train: Split, valid: Split, test: Split, num_classes: int,
                multilabel: bool, *, seeds: int, lrs: tuple[float, ...], max_epochs: int,
                patience: int, batch_size: int, seed: int = 0) -> dict:
-  """Train `seeds` heads per learning rate; keep the learning rate with the best mean
+  """Train `seeds` probes per learning rate; keep the learning rate with the best mean
   validation score. Returns its test scores per seed (`per_seed`: a list of
   scores.task_scores dicts), the chosen `lr` and its mean `valid_score`."""
   x_tr, x_va, x_te = (jnp.asarray(a, jnp.float32) for a in
@@ -209,10 +209,10 @@ def train_head(head: Head, train: Split, valid: Split, test: Split, num_classes:
   pair_keys = jnp.concatenate([keys] * len(lrs))
   pair_lrs = jnp.repeat(jnp.asarray(lrs, jnp.float32), seeds)
   (params, stats), _, best = fit(
-      head, pair_keys, pair_lrs, x_tr, y_tr, x_va, y_va, classes, multilabel=multilabel,
+      probe, pair_keys, pair_lrs, x_tr, y_tr, x_va, y_va, classes, multilabel=multilabel,
       max_epochs=max_epochs, patience=patience, batch_size=min(batch_size, len(train.x)))
   chosen = int(np.asarray(best).reshape(len(lrs), seeds).mean(1).argmax())
-  logits = jax.vmap(lambda p, s: apply(head, p, s, x_te)[0])(params, stats)
+  logits = jax.vmap(lambda p, s: apply(probe, p, s, x_te)[0])(params, stats)
   logits = np.asarray(logits)[chosen * seeds:(chosen + 1) * seeds, :, :num_classes]
   return {"per_seed": [scores.task_scores(z, test.y, multilabel) for z in logits],
           "lr": float(lrs[chosen]),

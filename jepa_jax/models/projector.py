@@ -23,7 +23,7 @@ class BatchStatNorm(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
 
 
-class ProjectionHead(nn.Module):
+class Projector(nn.Module):
   """NNCLR's projector: (Linear, BatchNorm, ReLU) x (layers - 1), then Linear, BatchNorm."""
   hidden: int
   out: int

@@ -1,6 +1,6 @@
 """uaMix-MAE contrastive tuning (Tabassum et al. 2024; docs/objectives.md).
 
-A pretrained MAE encoder (config.init_from) plus NNCLR's projection head h. Per step:
+A pretrained MAE encoder (config.init_from) plus NNCLR's projector h. Per step:
 two augmented views of each clip (augment.py); the anchor view of clip i is mixed with
 that of clip j (mixing.py: T-CutMix by default) into m_ij with the virtual label
 y_ij = lambda v_i + (1 - lambda) v_j, lambda the box's effective share. Both views go
@@ -47,8 +47,8 @@ class UaMix:
     if not config.data.dir:
       errors.extend(UaMix.dataset_errors(config, config.data.synthetic.num_pretrain))
     for name in ("hidden", "out", "layers"):
-      if not (isinstance(u.head[name], int) and u.head[name] >= 1):
-        errors.append(f"uamix.head.{name} must be an integer >= 1, got {u.head[name]!r}")
+      if not (isinstance(u.projector[name], int) and u.projector[name] >= 1):
+        errors.append(f"uamix.projector.{name} must be an integer >= 1, got {u.projector[name]!r}")
     errors.extend(mixing.config_errors(u.mixing, "uamix.mixing"))
     errors.extend(augment.config_errors(u.augment, "uamix.augment"))
     if u.augment.background > 0:
@@ -76,21 +76,23 @@ class UaMix:
     self.u = config.uamix
     self.patch_shape = shapes.patch_shape(config)
     self.encoder = models.build_encoder(config, shapes.grid(config))
-    self.head = projector.ProjectionHead(self.u.head.hidden, self.u.head.out, self.u.head.layers)
+    p = self.u.projector
+    self.projector = projector.Projector(p.hidden, p.out, p.layers)
     self.frozen_layers = config.optim.frozen_layers
     self.ln_scale = (augment.ln_power_scale(config.data.frontend, config.data.normalization)
                      if self.u.augment.background > 0 else None)
 
   def init(self, rng: jax.Array) -> dict:
-    enc_rng, head_rng = jax.random.split(rng)
+    enc_rng, projector_rng = jax.random.split(rng)
     latent = jnp.zeros((2, self.encoder.width), jnp.float32)
+    # The projector's parameters keep the entry name 'head' that checkpoints carry.
     return {"encoder": models.init_encoder(self.encoder, enc_rng),
-            "head": self.head.init(head_rng, latent)["params"]}
+            "head": self.projector.init(projector_rng, latent)["params"]}
 
   def init_aux(self) -> dict:
     """The queue, its rows sharded like the batch where the rules map the logical axis
     'queue' (configs/uamix.py does), else replicated."""
-    queue = nnclr.init_queue(self.u.queue_size, self.u.head.out)
+    queue = nnclr.init_queue(self.u.queue_size, self.u.projector.out)
     return {"queue": {**queue,
                       "embeddings": nn.LogicallyPartitioned(queue["embeddings"], ("queue", None)),
                       "ids": nn.LogicallyPartitioned(queue["ids"], ("queue",))}}
@@ -114,7 +116,7 @@ class UaMix:
 
   def embed(self, params: dict, mel: jnp.ndarray) -> jnp.ndarray:
     """z = h(pooled features), L2-normalised, (B, out)."""
-    return nnclr.l2_normalize(self.head.apply({"params": params["head"]},
+    return nnclr.l2_normalize(self.projector.apply({"params": params["head"]},
                                               self.features(params["encoder"], mel)))
 
   def loss(self, params, aux, batch, rng, step):
@@ -143,7 +145,7 @@ class UaMix:
     """Collapse monitors of the pooled encoder features and the projections (clean clips)."""
     del aux, rng, step
     pooled = self.features(params["encoder"], batch["mel"])
-    z = nnclr.l2_normalize(self.head.apply({"params": params["head"]}, pooled))
+    z = nnclr.l2_normalize(self.projector.apply({"params": params["head"]}, pooled))
     valid = jnp.ones(pooled.shape[:1], bool)
     return {**monitors.collapse_monitors("encoder", pooled, valid),
             **monitors.collapse_monitors("projection", z, valid)}
