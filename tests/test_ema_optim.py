@@ -43,7 +43,8 @@ def test_find_target_is_none_without_ema():
 
 def _optim(**kw):
   c = ml_collections.ConfigDict(dict(base_lr=3e-4, b1=0.9, b2=0.95, eps=1e-8,
-                                     weight_decay=0.05, clip_norm=3.0, end_lr_ratio=0.0))
+                                     weight_decay=0.05, clip_norm=3.0, end_lr_ratio=0.0,
+                                     layer_decay=1.0, frozen_layers=0))
   c.update(kw)
   return c
 

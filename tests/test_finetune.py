@@ -214,7 +214,7 @@ def test_train_step_drops_tokens_and_asks_for_one_mask_per_layer(monkeypatch):
   def spy(rng, depth, batch, tokens, rate, valid=None):
     calls.append((depth, batch, tokens, rate))
     return real(rng, depth, batch, tokens, rate, valid)
-  monkeypatch.setattr(vit, "regularised_key_masks", spy)
+  monkeypatch.setattr(attention, "regularised_key_masks", spy)
   params = {"encoder": enc_params,
             "classifier": _params(finetune.Classifier(3), jnp.zeros((1, 1, 32)))}
   batch = {"mel": jnp.zeros((4, 80, 64)), "y": jnp.zeros((4, 3)), "w": jnp.ones(4)}

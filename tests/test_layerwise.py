@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jepa_jax.config import fields, validation
+from jepa_jax.config import fields, upgrade, validation
 from jepa_jax.models import vit
 from jepa_jax.optim import layerwise, optimizer
 from tests.tiny import tiny_config
@@ -169,6 +169,7 @@ def test_defaults_leave_the_chain_as_it_was():
   config = _optim()
   legacy = _optim()
   del legacy["layer_decay"], legacy["frozen_layers"]  # configs saved before the fields
+  legacy = ml_collections.ConfigDict(upgrade.upgrade({"optim": legacy.to_dict()})["optim"])
   _, updates = _run(config, params)
   _, legacy_updates = _run(legacy, params)
   tx, _ = optimizer.make_optimizer(config, None, 256, 100, 0, None)

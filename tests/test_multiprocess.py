@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jepa_jax import export
-from jepa_jax.config import validation
+from jepa_jax.config import fields, validation
 from jepa_jax.parallel import distributed
 from jepa_jax.training import datasets
 from tests.tiny import ROOT, tiny_config
@@ -52,7 +52,7 @@ def test_initialize_arguments_from_config_then_environment_then_cluster(
   assert distributed.initialize_arguments(_settings(**fields), environ, on_tpu) == expected
 
 
-@pytest.mark.parametrize("fields,environ,fragment", [
+@pytest.mark.parametrize("given,environ,fragment", [
     ({"coordinator_address": "host:99"}, NO_ENV,
      "coordinator_address set but not num_processes, process_id"),
     ({"num_processes": 2, "process_id": 0}, SLURM_ENV, "but not coordinator_address"),
@@ -62,16 +62,16 @@ def test_initialize_arguments_from_config_then_environment_then_cluster(
     ({"process_id": -2}, NO_ENV, "distributed.process_id must be an integer >= 0"),
     ({}, {**ALL_ENV, "JAX_NUM_PROCESSES": "two"}, "$JAX_NUM_PROCESSES='two' must be an integer"),
 ])
-def test_bad_distributed_settings_are_config_errors(fields, environ, fragment, monkeypatch):
+def test_bad_distributed_settings_are_config_errors(given, environ, fragment, monkeypatch):
   with pytest.raises(fields.ConfigError, match="distributed|JAX_") as err:
-    distributed.initialize_arguments(_settings(**fields), environ, False)
+    distributed.initialize_arguments(_settings(**given), environ, False)
   assert fragment in str(err.value)
   for name in (*ALL_ENV, *SLURM_ENV):
     monkeypatch.delenv(name, raising=False)
   for name, value in environ.items():
     monkeypatch.setenv(name, value)
   config = tiny_config()
-  config.distributed.update(fields)
+  config.distributed.update(given)
   with pytest.raises(fields.ConfigError) as err:
     validation.validate(config)
   assert fragment in str(err.value)

@@ -3,11 +3,12 @@ parameter layout conversion, shifted-window pairs, remat memory, config fields."
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from jepa_jax import models, objectives
-from jepa_jax.config import fields, shapes, validation
+from jepa_jax.config import fields, shapes, upgrade, validation
 from jepa_jax.models import attention, vit
 from jepa_jax.parallel import mesh
 from tests.tiny import load_config_module, tiny_config
@@ -218,8 +219,10 @@ def test_config_fields_default_off_and_reach_the_modules():
   pred = models.build_predictor(c, shapes.grid(c))
   assert (pred.scan, pred.remat) == (True, "dots_saveable")
   # A config saved before the fields existed builds the plain stack.
-  del c.model["scan_layers"], c.model["remat"]
-  enc = models.build_encoder(c, shapes.grid(c))
+  saved = fields.to_dict(c)
+  del saved["model"]["scan_layers"], saved["model"]["remat"]
+  old = ml_collections.ConfigDict(upgrade.upgrade(saved))
+  enc = models.build_encoder(old, shapes.grid(old))
   assert (enc.scan, enc.remat) == (False, "none")
 
 
