@@ -52,12 +52,12 @@ def compiled_step(config, total_steps: int = 1) -> tuple[object, update.Compiled
   optimizer: lengths change values, not shapes or memory."""
   objective = objectives.build(config, total_steps)
   tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"),
-                                       config.train.batch_size, 1000, 10,
-                                       objective.ema_subtree)
+                                           config.train.batch_size, 1000, 10,
+                                           objective.ema_subtree)
   t = time.perf_counter()
   compiled = update.compile_step(config, objective, tx, schedules,
-                                mesh_lib.make_mesh(config.mesh), shapes.input_shape(config)[0],
-                                monitors=False)
+                                 mesh_lib.make_mesh(config.mesh), shapes.input_shape(config)[0],
+                                 monitors=False)
   return objective, compiled, time.perf_counter() - t
 
 
@@ -98,7 +98,7 @@ class Pass:
   trained: bool
 
 
-def head_name(config: ml_collections.ConfigDict) -> str:
+def predictor_section(config: ml_collections.ConfigDict) -> str:
   return "predictor" if config.objective == "jepa" else "decoder"
 
 
@@ -134,15 +134,15 @@ def step_passes(config: ml_collections.ConfigDict) -> list[Pass]:
   if config.objective == "jepa":
     tokens = k * groups * nt if config.jepa.target_domain == "audio" else n
     passes.append(Pass("target", "encoder", 1, tokens, tokens, trained=False, **encoder))
-  name = head_name(config)
+  name = predictor_section(config)
   h = config[name]
-  head = dict(width=h.width, depth=h.depth, num_heads=h.num_heads, mlp_dim=h.mlp_dim)
+  shape = dict(width=h.width, depth=h.depth, num_heads=h.num_heads, mlp_dim=h.mlp_dim)
   windows = models.windows(h, grid)
   if h.layout == "full_grid":
     keys = n if windows is None else windows.size[0] * windows.size[1]
-    passes.append(Pass(name, name, k, n, keys, trained=True, **head))
+    passes.append(Pass(name, name, k, n, keys, trained=True, **shape))
   else:
-    passes.append(Pass(name, name, k * groups, nc + nt, nc + nt, trained=True, **head))
+    passes.append(Pass(name, name, k * groups, nc + nt, nc + nt, trained=True, **shape))
   return passes
 
 
@@ -170,10 +170,10 @@ def with_tokens(config: ml_collections.ConfigDict, tokens: int) -> ml_collection
       return c
   rows = sorted({frontends.get_frontend(n).n_mels // pf for n in names})
   raise fields.ConfigError(f"{tokens} tokens per clip: no front end's number of {pf}-bin "
-                               f"mel rows {rows} divides it; use a multiple of one of them")
+                           f"mel rows {rows} divides it; use a multiple of one of them")
 
 
-class PlainHead(nn.Module):
+class PlainPredictor(nn.Module):
   """The predictor / decoder's matrix work without its mask tokens, scatters and
   gathers: linear in, the same stack (local windows included), linear out."""
   width: int
@@ -212,16 +212,16 @@ def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
   So the matrix work of the step without masks, gathers, loss, AdamW or EMA."""
   passes = {p.name: p for p in step_passes(config)}
   batch = config.train.batch_size
-  name = head_name(config)
+  name = predictor_section(config)
   grid = shapes.grid(config)
   n = grid[0] * grid[1]
   pf, pt = shapes.patch_shape(config)
   encoder = models.build_encoder(config, grid)
-  head_pass, h = passes[name], config[name]
+  predictor_pass, h = passes[name], config[name]
   out_dim = config.model.width if name == "predictor" else pf * pt
-  head = PlainHead(h.width, h.depth, h.num_heads, h.mlp_dim, out_dim,
-                   models.DTYPES[config.model.dtype], models.windows(h, grid),
-                   **models.stack_options(h))
+  predictor = PlainPredictor(h.width, h.depth, h.num_heads, h.mlp_dim, out_dim,
+                             models.DTYPES[config.model.dtype], models.windows(h, grid),
+                             **models.stack_options(h))
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.rules(config)
 
@@ -231,7 +231,7 @@ def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
 
   def loss_fn(params, frozen, inputs):
     context = encode(params["encoder"], passes["context"], inputs["context"])
-    out = head.apply({"params": params["head"]}, inputs["head"])
+    out = predictor.apply({"params": params["predictor"]}, inputs["predictor"])
     # Mean cubes: a mean square after the encoder's final LayerNorm would be constant.
     loss = jnp.mean(context.astype(jnp.float32) ** 3) + jnp.mean(out.astype(jnp.float32) ** 3)
     if "target" in passes:
@@ -245,8 +245,9 @@ def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
 
   rng = np.random.default_rng(0)
   input_shapes = {key: (batch * p.sequences, p.tokens, pf * pt) for key, p in passes.items()
-            if key != name}
-  input_shapes["head"] = (batch * head_pass.sequences, head_pass.tokens, config.model.width)
+                  if key != name}
+  input_shapes["predictor"] = (batch * predictor_pass.sequences, predictor_pass.tokens,
+                               config.model.width)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     bs, rep = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
     inputs = {key: jax.device_put(rng.normal(size=s).astype(np.float32), bs)
@@ -254,7 +255,8 @@ def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
     init_rng = jax.random.key(0)
     params = jax.jit(lambda r: nn.unbox({
         "encoder": models.init_encoder(encoder, r),
-        "head": head.init(r, inputs["head"][:1])["params"]}), out_shardings=rep)(init_rng)
+        "predictor": predictor.init(r, inputs["predictor"][:1])["params"]}),
+        out_shardings=rep)(init_rng)
     frozen = jax.tree.map(jnp.copy, params["encoder"])
     t = time.perf_counter()
     step = jax.jit(sgd_step, donate_argnums=(0,)).lower(params, frozen, inputs).compile()

@@ -81,7 +81,7 @@ class Encoder(nn.Module):
     return self.stack(self.embed(patches) + self.positions[idx])
 
 
-class Head(nn.Module):
+class Predictor(nn.Module):
   """Predictor / decoder: context in, mask tokens at the targets (queries) or on every
   position the context does not fill (full grid), outputs at the targets."""
 
@@ -113,8 +113,8 @@ def standardize(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def check_supported(config: ml_collections.ConfigDict) -> None:
-  head = config[step_setup.head_name(config)]
-  if head.attention != "global":
+  section = config[step_setup.predictor_section(config)]
+  if section.attention != "global":
     raise Unsupported("local-window attention")
   if config.objective == "jepa" and config.jepa.distance not in DISTANCES:
     raise Unsupported(f"distance {config.jepa.distance}")
@@ -136,13 +136,13 @@ class TorchStep:
     self.sets, self.nc, self.groups, self.nt = step_setup.mask_shapes(config)
     self.patch_shape = shapes.patch_shape(config)
     patch_dim = self.patch_shape[0] * self.patch_shape[1]
-    name = step_setup.head_name(config)
+    name = step_setup.predictor_section(config)
     self.full_grid = config[name].layout == "full_grid"
     width = config.model.width
     self.encoder = Encoder(passes["context"], patch_dim, self.grid).to(device)
-    self.head = Head(passes[name], width, width if self.jepa else patch_dim, self.grid,
-                     self.full_grid).to(device)
-    trained = list(self.encoder.parameters()) + list(self.head.parameters())
+    self.predictor = Predictor(passes[name], width, width if self.jepa else patch_dim, self.grid,
+                               self.full_grid).to(device)
+    trained = list(self.encoder.parameters()) + list(self.predictor.parameters())
     o = config.optim
     self.params = trained
     self.optimizer = torch.optim.AdamW(
@@ -181,10 +181,10 @@ class TorchStep:
     with self.autocast:
       context = self.encoder(gather(clip_tokens, context_idx), context_idx)
       if self.full_grid:
-        pred = self.head(context, context_idx, target_idx)
+        pred = self.predictor(context, context_idx, target_idx)
       else:  # each target group from the same context
-        pred = self.head(context.repeat_interleave(m, 0), context_idx.repeat_interleave(m, 0),
-                         target_idx.reshape(b * k * m, self.nt))
+        pred = self.predictor(context.repeat_interleave(m, 0), context_idx.repeat_interleave(m, 0),
+                              target_idx.reshape(b * k * m, self.nt))
       pred = pred.reshape(b, k * m * self.nt, -1).float()
       target_idx = target_idx.reshape(b, k * m * self.nt)
       if not self.jepa:
@@ -227,7 +227,7 @@ def time_step(config: ml_collections.ConfigDict, batch: int, steps: int, warmup:
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   step = TorchStep(config, batch, device)
   if compile_modules:
-    for module in (step.encoder, step.head) + ((step.target,) if step.jepa else ()):
+    for module in (step.encoder, step.predictor) + ((step.target,) if step.jepa else ()):
       module.compile()
   if device == "cuda":
     torch.cuda.reset_peak_memory_stats()

@@ -25,7 +25,7 @@ from jepa_jax.config import fields
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = fields.parse_variant(arg, names={"demo", "global"},
-                                     values={"sets": int, "size": str})
+                                 values={"sets": int, "size": str})
   c = fields.base_config("jepa", "ajepa", frames=1024)
   c.data.normalization = "recipe"   # AudioMAE: (x + 4.27) / (2 x 4.57)
   c.data.gain_jitter_db = 6.0

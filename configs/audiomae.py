@@ -20,7 +20,7 @@ from jepa_jax.config import fields
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = fields.parse_variant(arg, names={"demo", "global", "lines"},
-                                     values={"size": str})
+                                 values={"size": str})
   c = fields.base_config("mae", "ajepa", frames=1024)  # AudioMAE's fbank = A-JEPA's
   c.data.normalization = "recipe"
   fields.set_encoder_size(c, variant.get("size", "vit_b"))
@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.decoder = fields.predictor_config("dec_25m", layout="full_grid")
   else:
     c.decoder = fields.predictor_config("audiomae", layout="full_grid", attention="local",
-                                       window=(4, 4), shift=(0, 2))
+                                        window=(4, 4), shift=(0, 2))
   if variant.get("lines"):
     c.mask = masks.default_config("time_and_frequency")
   else:

@@ -26,7 +26,7 @@ from jepa_jax.config import fields
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = fields.parse_variant(arg, names={"demo", "base", "0.6b", "1.2b", "dec56m"},
-                                     values={})
+                                 values={})
   if sum(bool(variant.get(v)) for v in ("base", "0.6b", "1.2b")) > 1:
     raise fields.ConfigError("pick one Dasheng size of base, 0.6b, 1.2b")
   c = fields.base_config("mae", "dasheng", frames=1000)
@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   fields.set_encoder_size(c, size)
   c.model.update(patch_shape=(64, 4), positions="learned")
   c.decoder = fields.predictor_config("dec_56m" if variant.get("dec56m") else "dec_25m",
-                                     layout="full_grid", positions="learned")
+                                      layout="full_grid", positions="learned")
   c.mask = masks.default_config("grouped")  # ratio 0.75, groups of 2 tokens (80 ms)
   c.mae = ml_collections.ConfigDict(dict(norm_pix_eps=1e-6, input_norm="batch_norm"))
   c.optim.update(base_lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.01, clip_norm=0.0,

@@ -47,8 +47,8 @@ DEMO_HELD_OUT = "pitch:156-220Hz,220-311Hz,440-622Hz,622-880Hz,1245-1760Hz"
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = fields.parse_variant(arg, names={"stage1", "stage2", "demo"},
-                                     values={"mix": str, "width": str, "init": str,
-                                             "size": str})
+                                 values={"mix": str, "width": str, "init": str,
+                                         "size": str})
   stage = 2 if variant.get("stage2") else 1
   if variant.get("stage1") and variant.get("stage2"):
     raise fields.ConfigError("choose one of stage1 and stage2")

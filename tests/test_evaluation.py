@@ -259,7 +259,7 @@ def test_embeddings_are_cached_and_recomputed_when_the_task_changes(random_run, 
   np.testing.assert_array_equal(again["trained"], x["trained"])
   monkeypatch.undo()
   (_, mean), = embeddings.embed_tasks(random_run, [folder], sets[:1], meta, freq_pool="mean",
-                                 chunk_batch=8)
+                                      chunk_batch=8)
   assert mean["trained"].shape == (20, 32)
   (folder / "task.json").write_text(json.dumps({"unit_sec": 0.5}))
   task2, cut = embeddings.embed_tasks(random_run, [folder], sets[:1], meta, chunk_batch=8)[0]
@@ -283,11 +283,12 @@ def test_clips_shared_by_tasks_are_encoded_once(random_run, tmp_path, monkeypatc
                       lambda enc, p, mels, *a, **k: encoded.append(len(mels)) or
                       real(enc, p, mels, *a, **k))
   (_, xa), (_, xb) = embeddings.embed_tasks(random_run, [a, b], sets, meta, chunk_batch=8,
-                                       cache=False)
+                                            cache=False)
   assert encoded == [15]
   np.testing.assert_array_equal(xa["trained"], xb["trained"])
 
 
+@pytest.mark.slow
 def test_evaluate_all_protocols_writes_results_table_and_chart(random_run, tmp_path):
   folder = make_tone_task(tmp_path / "tones")
   evaluate.main([f"--workdir={random_run}", f"--task={folder}", "--protocol=all",
@@ -314,6 +315,7 @@ def test_evaluate_all_protocols_writes_results_table_and_chart(random_run, tmp_p
   assert (out / "results.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_fewshot_on_held_out_classes_against_the_run_it_started_from(random_run, tmp_path):
   import flax.linen as nn
   import jax
@@ -392,7 +394,7 @@ def test_embed_cli_prints_where_the_cached_features_are(random_run, tmp_path, ca
 
 
 def test_evaluate_finetune_uses_the_exported_settings_and_reports_progress(random_run, tmp_path,
-                                                                          capsys):
+                                                                           capsys):
   folder = make_tone_task(tmp_path / "ft", per_class=5)
   evaluate.main([f"--workdir={random_run}", f"--task={folder}", "--protocol=finetune",
                  "--baselines="])

@@ -375,7 +375,7 @@ def test_bad_settings_are_clear_config_errors():
   now = tiny_config()
   now.finetune.epochs = 3
   assert fields.resume_differences(fields.to_dict(tiny_config()),
-                                       fields.to_dict(now)) == []
+                                   fields.to_dict(now)) == []
   enc, params = _encoder()
   task, mels = _task(n_per=2)
   with pytest.raises(ValueError, match="does not match the encoder"):

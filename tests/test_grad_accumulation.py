@@ -49,8 +49,8 @@ class Regression:
 def _optimizer(config, objective):
   """The config's optimizer (AdamW, EMA where the objective has one) at its peak lr."""
   return optimizer.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
-                              total_steps=10, warmup_steps=0,
-                              ema_subtree=objective.ema_subtree)
+                                  total_steps=10, warmup_steps=0,
+                                  ema_subtree=objective.ema_subtree)
 
 
 def _step(objective, tx, schedules, k):
@@ -120,6 +120,7 @@ def test_micro_batches_give_the_whole_batch_step():
   assert "scan" not in jaxprs[1] and "scan" in jaxprs[2]
 
 
+@pytest.mark.slow
 def test_mae_gradient_is_the_mean_of_its_micro_batch_gradients():
   """The real objective, with Dasheng's BatchNorm in front (aux): the step equals the
   hand-made mean of the micro-batches' gradients, each with fold_in(step rng, i) masks
@@ -182,6 +183,7 @@ def test_micro_batch_config_errors(tmp_path):
     loop.train(tiny_config(micro_batches=4), tmp_path)
 
 
+@pytest.mark.slow
 def test_train_loop_runs_with_micro_batches(tmp_path):
   result = loop.train(tiny_config(batch_size=16, micro_batches=2), tmp_path)
   assert (result.step, result.total_steps, result.interrupted) == (3, 3, False)
@@ -219,7 +221,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_loss():
   assert encoder["transformer"] == jnp.float32  # the final norm: float32 features
   idx, valid = jnp.tile(jnp.arange(4), (2, 1)), jnp.ones((2, 4), bool)
   head = _output_dtypes(objective.predictor, params["predictor"],
-                   jnp.ones((2, 4, bf16.model.width)), idx, valid, idx + 4, valid)
+                        jnp.ones((2, 4, bf16.model.width)), idx, valid, idx + 4, valid)
   assert head["transformer/block_0"] == jnp.bfloat16
 
   batch = _batch(8)

@@ -3,12 +3,15 @@
 import json
 import time
 
+import pytest
+
 from jepa_jax.training import datasets, loop
 from tests.tiny import tiny_config
 
 DELAY_S = 0.05  # added to every batch, so the count has a known floor
 
 
+@pytest.mark.slow
 def test_input_wait_counts_a_slow_pipeline(monkeypatch, tmp_path):
   real = datasets.train_dataset
 

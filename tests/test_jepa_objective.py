@@ -21,6 +21,7 @@ def _setup(**jepa):
   return config, objective, params, target, {"mel": mel}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("domain", ["audio", "latent"])
 def test_loss_matches_manual_computation(domain):
   config, obj, params, target_params, batch = _setup(target_domain=domain, distance="l2",
@@ -87,6 +88,7 @@ def test_first_occurrence_marks_each_valid_token_once():
                                 [[True, True, False, False, False, True]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["multi_block", "time"])
 def test_block_targets_in_the_audio_domain_equal_encoding_their_union(strategy):
   """With overlapping blocks and padding slots, each valid target equals the target
@@ -100,7 +102,7 @@ def test_block_targets_in_the_audio_domain_equal_encoding_their_union(strategy):
   batch = {"mel": jnp.asarray(np.random.default_rng(0).normal(size=(4, 80, 208)), jnp.float32)}
   rng = jax.random.key(11)
   _, _, pred, target, valid = jax.jit(obj._forward)(params, {"ema": target_params}, batch,
-                                                   rng, 0)
+                                                    rng, 0)
   m = masks.sample(rng, 4, obj.grid, config.mask)
   tokens = patches.patchify(batch["mel"], (16, 16))
   flat_idx = np.asarray(m.target_idx).reshape(4, -1)
@@ -116,6 +118,7 @@ def test_block_targets_in_the_audio_domain_equal_encoding_their_union(strategy):
   assert (~flat_valid).any()  # the test did cover padding slots
 
 
+@pytest.mark.slow
 def test_full_grid_predictor_lines_up_every_group_with_its_targets():
   """A-JEPA layout: one predictor pass on the restored grid for all 4 multi-block groups
   and 2 mask sets gives the loss of predicting each group on its own."""

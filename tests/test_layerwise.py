@@ -112,6 +112,7 @@ def _frozen_part(tree):
           "block_0": enc["transformer"]["block_0"], "block_1": enc["transformer"]["block_1"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_frozen_layers_stay_bitwise_unchanged_while_the_rest_moves(scan):
   params = _train_params()
@@ -122,7 +123,7 @@ def test_frozen_layers_stay_bitwise_unchanged_while_the_rest_moves(scan):
                         t_start["block_3"]), (t_end["norm"], t_start["norm"]),
                         (end["head"], params["head"])):
     assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after),
-                                                       jax.tree.leaves(before)))
+                                                        jax.tree.leaves(before)))
   # Without freezing the same steps do move the bottom layers (weight decay alone would).
   free, _ = _run(_optim(clip_norm=1.0), params, scan=scan)
   assert not np.array_equal(free["encoder"]["patch_embed"]["kernel"],

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jepa_jax import masks, objectives
 from jepa_jax.config import validation
@@ -21,6 +22,7 @@ def _setup():
   return config, objective, params, {"mel": mel}
 
 
+@pytest.mark.slow
 def test_mae_loss_is_norm_pix_mse_on_masked_tokens():
   config, obj, params, batch = _setup()
   assert obj.ema_subtree is None and "decoder" in params
@@ -134,6 +136,7 @@ def test_folded_input_norm_is_the_evaluation_mode_batch_norm():
       task_data.normalize(x[0] * 4.0 + 2.0, meta), got[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mae_run_trains_exports_its_input_norm_and_evaluates(tmp_path):
   from jepa_jax.evaluation import suite
   from jepa_jax.training import loop

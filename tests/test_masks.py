@@ -215,6 +215,7 @@ def test_config_errors_name_the_field():
   assert "at least one target" in " ".join(masks.config_errors(bad, (5, 13)))
 
 
+@pytest.mark.slow
 def test_masks_command_draws_a_picture(tmp_path):
   import subprocess
   import sys

@@ -77,7 +77,7 @@ def test_bad_distributed_settings_are_config_errors(given, environ, fragment, mo
   assert fragment in str(err.value)
   # Where a process runs is no reason to refuse resuming its workdir.
   assert not fields.resume_differences(fields.to_dict(tiny_config()),
-                                           fields.to_dict(config))
+                                       fields.to_dict(config))
 
 
 def _free_port() -> int:
@@ -125,6 +125,7 @@ def _wait(launched, timeout_s: float = 300) -> None:
         + log.read_text()[-6000:]
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_export_as_one_process(tmp_path):
   datasets.resolve(tiny_config())  # the corpus, built once before three processes read it
   _wait(_launch(tmp_path / "one", tmp_path / "one.json", processes=1, devices=4)

@@ -1,9 +1,12 @@
 """The quickstart notebook really runs (its parameters cell shrunk)."""
 import json
 
+import pytest
+
 from tests.tiny import ROOT
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   notebook = json.loads((ROOT / "notebooks" / "quickstart.ipynb").read_text())
   cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from jepa_jax import export
 from jepa_jax.config import fields, upgrade
@@ -19,6 +20,7 @@ def _params(export_dir: Path):
   return jax.tree.map(np.asarray, export.load_encoder(export_dir)[2])
 
 
+@pytest.mark.slow
 def test_old_mid_run_workdir_resumes_to_the_uninterrupted_parameters(tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(FIXTURE / "mid_run", workdir)
@@ -32,7 +34,7 @@ def test_old_export_evaluates(tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(FIXTURE / "export", workdir / "export")
   results = suite.evaluate(workdir, suite.default_tasks(workdir), ("knn",),
-                              ("trained",))
+                           ("trained",))
   assert set(results) == {"pitch", "source", "envelope"}
   assert 0.0 <= results["pitch"]["knn"]["trained"]["scores"]["accuracy"]["mean"] <= 1.0
 

@@ -29,7 +29,7 @@ def test_linear_probe_matches_logistic_regression():
   x, y = _blobs(900, 20, 4, 0)
   train, valid, test = _splits(x, y)
   ours = probe.train_probe(probe.LINEAR, train, valid, test, 4, False, seeds=3, lrs=(1e-2,),
-                          max_epochs=100, patience=20, batch_size=64)
+                           max_epochs=100, patience=20, batch_size=64)
   acc = [s["accuracy"] for s in ours["per_seed"]]
   scaler = StandardScaler().fit(train.x)
   ref = LogisticRegression(max_iter=2000).fit(scaler.transform(train.x), train.y)
@@ -53,7 +53,7 @@ def test_multilabel_linear_probe_matches_one_vs_rest_logistic_regression():
   x, y = _multilabel_blobs(900, 16, 5, 3)
   train, valid, test = _splits(x, y)
   ours = probe.train_probe(probe.LINEAR, train, valid, test, 5, True, seeds=2, lrs=(1e-2,),
-                          max_epochs=100, patience=20, batch_size=64)
+                           max_epochs=100, patience=20, batch_size=64)
   scaler = StandardScaler().fit(train.x)
   ref = OneVsRestClassifier(LogisticRegression(max_iter=2000)).fit(
       scaler.transform(train.x), train.y)
@@ -64,6 +64,7 @@ def test_multilabel_linear_probe_matches_one_vs_rest_logistic_regression():
   assert all(s["d_prime"] > 1 for s in ours["per_seed"])
 
 
+@pytest.mark.slow
 def test_mlp_head_learns_what_a_linear_head_cannot():
   """XOR of two features: no linear head beats chance by much; the HEAR MLP does."""
   rng = np.random.default_rng(0)
@@ -73,7 +74,7 @@ def test_mlp_head_learns_what_a_linear_head_cannot():
   kw = dict(seeds=2, max_epochs=60, patience=10, batch_size=128)
   lin = probe.train_probe(probe.LINEAR, train, valid, test, 2, False, lrs=(1e-2,), **kw)
   mlp = probe.train_probe(probe.mlp_probe(1), train, valid, test, 2, False,
-                         lrs=probe.MLP_LEARNING_RATES, **kw)
+                          lrs=probe.MLP_LEARNING_RATES, **kw)
   assert np.mean([s["accuracy"] for s in lin["per_seed"]]) < 0.65
   assert np.mean([s["accuracy"] for s in mlp["per_seed"]]) > 0.9
   assert mlp["lr"] in probe.MLP_LEARNING_RATES

@@ -181,6 +181,7 @@ def _scan_everything(c):
   return c
 
 
+@pytest.mark.slow
 def test_objective_loss_and_gradients_match_across_layouts():
   """A whole JEPA objective (encoder and predictor scanned, remat on) under jit: same
   loss and gradients as the plain one after converting the parameters."""

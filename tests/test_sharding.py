@@ -54,10 +54,10 @@ def _setup(mesh_name: str) -> Setup:
   total, warmup = update.schedule_steps(config, data.num_examples)
   objective = objectives.build(config, total)
   tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"),
-                                       config.train.batch_size, total, warmup,
-                                       objective.ema_subtree)
+                                           config.train.batch_size, total, warmup,
+                                           objective.ema_subtree)
   compiled = update.compile_step(config, objective, tx, schedules, _mesh(mesh_name),
-                                data.metadata["frontend"]["n_mels"], monitors=False)
+                                 data.metadata["frontend"]["n_mels"], monitors=False)
   return Setup(datasets.train_dataset(config, data), compiled)
 
 
@@ -96,6 +96,7 @@ def _assert_close(actual, expected):
 SPLIT_BOUND = {"fsdp": 0.2, "data_model": 0.8}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_name", ["data", "fsdp", "data_model"])
 def test_sharded_steps_match_one_device(mesh_name):
   state, losses = _trained(mesh_name)
@@ -118,7 +119,7 @@ def _abstract_state(config, mesh):
   """The boxed abstract train state of a config and its shardings on `mesh` (no compile)."""
   objective = objectives.build(config)
   tx, _ = optimizer.make_optimizer(config.optim, config.get("ema"), config.train.batch_size, 10, 1,
-                               objective.ema_subtree)
+                                   objective.ema_subtree)
   boxed = jax.eval_shape(functools.partial(update.init_state, objective, tx),
                          initial.rngs(config)[0])
   shardings = mesh_lib.state_shardings(boxed, mesh, mesh_lib.rules(config))
@@ -231,7 +232,7 @@ def test_rules_and_the_check_may_change_when_a_run_resumes():
   current.sharding_rules = NO_FSDP_RULES
   current.sharding_check.fail = True
   assert fields.resume_differences(fields.to_dict(tiny_config()),
-                                       fields.to_dict(current)) == []
+                                   fields.to_dict(current)) == []
 
 
 def test_a_negative_threshold_is_a_config_error():

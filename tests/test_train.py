@@ -48,6 +48,7 @@ def finished_run(tmp_path_factory):
   return workdir, result, spy.batches
 
 
+@pytest.mark.slow
 def test_run_finishes_logs_and_exports(finished_run):
   workdir, result, batches = finished_run
   assert (result.step, result.total_steps, result.interrupted) == (6, 6, False)
@@ -61,6 +62,7 @@ def test_run_finishes_logs_and_exports(finished_run):
   assert (workdir / "export" / "frontend.json").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_is_bitwise_identical(finished_run, tmp_path, monkeypatch):
   reference_dir, _, reference_batches = finished_run
   spy = BatchSpy(monkeypatch, stop_after=4)
@@ -89,6 +91,7 @@ def test_incompatible_workdir_is_refused_and_left_untouched(finished_run):
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
   real_loss = jepa.JEPA.loss
 
@@ -113,6 +116,7 @@ def test_probe_summary_of_a_finished_run(finished_run):
   assert set(summary["tasks"]["pitch"]) == {"trained", "random_init", "mean_logmel"}
 
 
+@pytest.mark.slow
 def test_curriculum_multi_mask_latent_run_trains(tmp_path):
   """Step-dependent masks, several mask sets and target groups, one shared target pass."""
   config = tiny_config(epochs=0.5, checkpoint_every=100)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from data_pipelines import synthetic
@@ -43,6 +44,7 @@ def _audio_folder(root: Path) -> None:
   (root / "noisy" / "notes.wav").write_text("not audio\n" * 50)
 
 
+@pytest.mark.slow
 def test_main_trains_on_a_prepared_audio_folder(tmp_path):
   _audio_folder(tmp_path / "audio")
   prep = _run("data_pipelines.prepare", "--input=audio", "--output=shards",

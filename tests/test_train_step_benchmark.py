@@ -46,12 +46,12 @@ def test_with_tokens_rejects_a_count_no_front_end_divides():
     step_setup.with_tokens(tiny_config(), 7)
 
 
-def test_plain_step_trains_the_encoder_and_head_only():
+def test_plain_step_trains_the_encoder_and_predictor_only():
   plain = step_setup.plain_step(tiny_config())
   before = jax.tree.map(np.array, plain.params)  # a copy: the step donates params
   params, loss = plain.step(plain.params, plain.frozen, plain.inputs)
   assert np.isfinite(float(loss))
-  assert set(params) == {"encoder", "head"}
+  assert set(params) == {"encoder", "predictor"}
   assert step_setup.count(params["encoder"]) == step_setup.count(plain.frozen)
   moved = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before, params)
   assert all(jax.tree.leaves(moved))  # every parameter gets a gradient

@@ -242,6 +242,7 @@ def _objective(stage=1):
   return config, obj, nn.unbox(obj.init(jax.random.key(0))), nn.unbox(obj.init_aux())
 
 
+@pytest.mark.slow
 def test_loss_uses_queue_neighbours_and_enqueues_the_positives():
   config, obj, params, aux = _objective()
   mel = jnp.asarray(np.random.default_rng(0).normal(size=(8, 80, 64)), jnp.float32)
@@ -399,12 +400,13 @@ def runs(tmp_path_factory):
   mae.model.depth = 2
   loop.train(mae, root / "mae")
   first = loop.train(tiny_uamix_config(1, str(root / "mae"), checkpoint_every=100),
-                      root / "stage1")
+                     root / "stage1")
   second = loop.train(tiny_uamix_config(2, str(root / "stage1"), checkpoint_every=100),
-                       root / "stage2")
+                      root / "stage2")
   return root, first, second
 
 
+@pytest.mark.slow
 def test_stage1_trains_the_head_only_from_the_mae_encoder(runs):
   root, first, _ = runs
   assert (first.step, first.interrupted) == (6, False)
@@ -444,6 +446,7 @@ def test_stage2_starts_from_stage1_and_keeps_the_lower_half(runs):
   assert "head" not in from_mae and "decoder" not in warm_start.merge({"head": {}}, from_mae)
 
 
+@pytest.mark.slow
 def test_interrupted_stage2_resumes_to_the_same_encoder_and_queue(runs, tmp_path, monkeypatch):
   root, _, _ = runs
   config = tiny_uamix_config(2, str(root / "stage1"), checkpoint_every=100)

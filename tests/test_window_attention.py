@@ -82,6 +82,7 @@ def test_tokens_that_wrapped_across_an_edge_never_attend_to_each_other():
   assert grid == windows.grid
 
 
+@pytest.mark.slow
 def test_shift_applies_to_odd_blocks_so_two_blocks_cross_window_borders():
   windows = attention.Windows((1, 8), (1, 4), (0, 2))
   x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 8, 8)), jnp.float32)

@@ -176,8 +176,8 @@ def set_encoder_size(c: ml_collections.ConfigDict, size: str) -> None:
 
 
 def predictor_config(size: str | dict, layout: str, attention: str = "global",
-                window: tuple[int, int] = (4, 4), shift: tuple[int, int] = (0, 2),
-                positions: str = "sincos") -> ml_collections.ConfigDict:
+                     window: tuple[int, int] = (4, 4), shift: tuple[int, int] = (0, 2),
+                     positions: str = "sincos") -> ml_collections.ConfigDict:
   """A predictor / decoder section. `layout`: 'queries' (context + a mask token per
   target) or 'full_grid' (context restored on the grid, mask tokens elsewhere);
   `attention` 'global' or 'local' (windows of (freq, time) tokens, shifted by `shift`

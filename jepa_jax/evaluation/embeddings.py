@@ -83,7 +83,7 @@ def load_feature_sets(workdir: str | Path, names: tuple[str, ...] = ("trained",)
                                         initial.initial_encoder_params(config),
                                         task_data.fingerprint("random_init", config.to_dict())),
       MEAN_LOGMEL: lambda: FeatureSet(MEAN_LOGMEL, None, None,
-                                        task_data.fingerprint(MEAN_LOGMEL)),
+                                      task_data.fingerprint(MEAN_LOGMEL)),
   }
   sets = [made[n]() if n in made else other_run(n) for n in names]
   taken = [fs.name for fs in sets]

@@ -89,7 +89,7 @@ def fewshot_classes(spec: str, config, tasks: list) -> dict[str, tuple[str, ...]
   except fields.ConfigError as err:
     raise ValueError(f"--fewshot_classes: {err}") from None
   tasks_lib.class_indices(chosen, {t.name: list(t.label_names) for t in tasks},
-                         "--fewshot_classes (the tasks evaluated)")
+                          "--fewshot_classes (the tasks evaluated)")
   return chosen
 
 

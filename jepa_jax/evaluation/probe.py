@@ -196,8 +196,8 @@ def _padded(y: np.ndarray, num_classes: int, multilabel: bool):
 
 
 def train_probe(probe: Probe, train: Split, valid: Split, test: Split, num_classes: int,
-               multilabel: bool, *, seeds: int, lrs: tuple[float, ...], max_epochs: int,
-               patience: int, batch_size: int, seed: int = 0) -> dict:
+                multilabel: bool, *, seeds: int, lrs: tuple[float, ...], max_epochs: int,
+                patience: int, batch_size: int, seed: int = 0) -> dict:
   """Train `seeds` probes per learning rate; keep the learning rate with the best mean
   validation score. Returns its test scores per seed (`per_seed`: a list of
   scores.task_scores dicts), the chosen `lr` and its mean `valid_score`."""

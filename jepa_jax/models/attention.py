@@ -97,7 +97,7 @@ class Attention(nn.Module):
     # One fused QKV projection (a single larger GEMM); Xavier over (width, 3 * width)
     # as the reference Linear(width, 3 * width).
     qkv = layers.Projection((3, self.num_heads, head_dim), ("embed",), (None, "heads", "kv"),
-                     self.dtype, name="qkv")(x)
+                            self.dtype, name="qkv")(x)
     if self.windows is None:
       mask = None if key_mask is None else key_mask[:, None, None, :]
     else:

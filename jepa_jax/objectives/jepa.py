@@ -109,6 +109,6 @@ class JEPA:
     """Label-free collapse monitors of the target and context embeddings. Each costs an
     eigendecomposition, so the loop computes them on logging steps only."""
     context, context_valid, _, target, target_valid = self._forward(params, aux, batch, rng,
-                                                                     step)
+                                                                    step)
     return {**monitors.collapse_monitors("target", target, target_valid),
             **monitors.collapse_monitors("context", context, context_valid)}

@@ -117,7 +117,7 @@ class UaMix:
   def embed(self, params: dict, mel: jnp.ndarray) -> jnp.ndarray:
     """z = h(pooled features), L2-normalised, (B, out)."""
     return nnclr.l2_normalize(self.projector.apply({"params": params["head"]},
-                                              self.features(params["encoder"], mel)))
+                                                   self.features(params["encoder"], mel)))
 
   def loss(self, params, aux, batch, rng, step):
     del step
