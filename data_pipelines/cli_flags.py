@@ -19,6 +19,10 @@ from typing import NoReturn
 from absl import flags, logging
 
 HELP = ("--help", "-help", "-h", "--helpshort", "--helpfull", "-?")
+# Exit code of a run stopped by SIGTERM / Ctrl-C after saving what it had done (a
+# checkpoint, finished shards): non-zero so that schedulers (SLURM, Kubernetes) resubmit
+# the job, and 128 + SIGINT as shells report an interrupted command; 2 is bad input.
+INTERRUPTED = 130
 
 
 def fail(message: str) -> NoReturn:

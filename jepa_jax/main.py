@@ -1,19 +1,27 @@
 """Pretrain, export and probe: the main job.
 
+    python -m jepa_jax.main --config=configs/ajepa.py
     python -m jepa_jax.main --config=configs/audio_jepa.py:demo --workdir=runs/demo
     python -m jepa_jax.main --config=configs/audio_jepa.py --config.train.batch_size=256 ...
     python -m jepa_jax.main --config=configs/audio_jepa.py --dry_run
 
-A workdir holding a checkpoint resumes from it. The last line printed is JSON: the
-probe accuracy of the trained encoder, of the same encoder at initialisation and of a
-mean-log-mel baseline (task means; per-task values and seed std beside them).
+Without --workdir the run goes to runs/<config>[_<variant>][_<hash of the overrides>],
+so the same command resumes it and a changed override never reuses another run's
+workdir. A workdir holding a checkpoint resumes from it. SIGTERM or Ctrl-C saves a
+checkpoint of the last completed step and exits with code 130 (run the same command to
+resume). The last line printed is JSON: the probe accuracy of the trained encoder, of the
+same encoder at initialisation and of a mean-log-mel baseline (task means; per-task
+values and seed std beside them).
 
 A multi-host run starts the same command on every host (jepa_jax/parallel/distributed.py says how
 the processes find each other); process 0 writes, prints and probes.
 """
+import hashlib
 import json
+import re
 import sys
 import time
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -33,11 +41,39 @@ def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
   config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/audio_jepa.py:demo",
                                   flag_values=values, lock_config=True,
                                   sys_argv=command_line)
-  flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go",
+  flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go "
+                      "(default: runs/<config>[_<variant>][_<hash of the overrides>])",
                       flag_values=values)
   flags.DEFINE_bool("dry_run", False, "build abstract shapes only; print parameter counts",
                     flag_values=values)
   flags.DEFINE_bool("probe", True, "run the linear probe after training", flag_values=values)
+
+
+def default_workdir(config_spec: str, overrides: dict) -> Path:
+  """runs/<config file's name>[_<variant>][_<hash of the --config.* overrides>]:
+  'configs/ajepa.py:demo,sets=2' -> runs/ajepa_demo_sets-2."""
+  path, _, variant = config_spec.partition(":")
+  name = Path(path).stem + (f"_{variant}" if variant else "")
+  name = re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace(",", "_").replace("=", "-"))
+  if overrides:
+    text = json.dumps(sorted(overrides.items()), default=str)
+    name += "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
+  return Path("runs") / name
+
+
+def workdir_of(args) -> str:
+  """--workdir, or the default one (said on the first line); a run of several processes
+  needs one they all reach, so it must name it."""
+  if args.workdir:
+    return args.workdir
+  if jax.process_count() > 1:
+    cli.fail("--workdir is required for a run of several processes (a folder every "
+             "process reaches)")
+  workdir = default_workdir(config_flags.get_config_filename(args["config"]),
+                            config_flags.get_override_values(args["config"]))
+  print(f"workdir: {workdir} (no --workdir given; the same command resumes there)",
+        file=sys.stderr, flush=True)
+  return str(workdir)
 
 
 def parameter_counts(config) -> dict:
@@ -64,22 +100,20 @@ def main(argv: list[str] | None = None) -> None:
   if args.dry_run:
     print(json.dumps({"params": parameter_counts(config)}))
     return
-  if not args.workdir:
-    cli.fail("--workdir is required (a folder for checkpoints, metrics and the export)")
-
+  workdir = workdir_of(args)
   try:
-    result = loop.train(config, args.workdir)
+    result = loop.train(config, workdir)
   except (fields.ConfigError, datasets.DataError, loop.IncompatibleWorkdirError,
           loop.NonFiniteLossError) as err:
     cli.fail(str(err))
   primary = distributed.is_primary()
   if result.interrupted:
     if primary:
-      print(f"stopped at step {result.step} of {result.total_steps}; run the same command "
-            f"to resume", file=sys.stderr)
-    sys.exit(1)
+      print(f"interrupted: the checkpoint of step {result.step} of {result.total_steps} is "
+            f"saved in {workdir}; run the same command to resume", file=sys.stderr)
+    sys.exit(cli.INTERRUPTED)
   if primary:
-    print(json.dumps(summary(config, result, args.workdir, args.probe)))
+    print(json.dumps(summary(config, result, workdir, args.probe)))
   # Process 0 alone probes, on its own devices; the others wait for it here rather than
   # leave the distributed runtime under it.
   distributed.barrier("probed")

@@ -3,11 +3,13 @@ compiles, with a message that names the problem."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from jepa_jax import main
 from jepa_jax.config import fields, upgrade, validation
+from jepa_jax.training import loop, metric_writers
 from tests.tiny import ROOT, load_config_module
 
 audio_jepa = load_config_module()
@@ -110,7 +112,6 @@ def test_cli_dry_run_prints_one_json_line():
      "batch_size"),
     (["--config=configs/audio_jepa.py", "--config.mask.unstructured.target_ratio=0",
       "--dry_run"], "at least one target"),
-    (["--config=configs/audio_jepa.py:demo"], "--workdir is required"),
     (["--config=configs/audio_jepa.py:demo", "--workdir={tmp}/run",
       "--config.data.dir={tmp}/no_shards"], "is not a mel shard directory"),
 ])
@@ -120,6 +121,67 @@ def test_cli_bad_input_is_a_clear_error(args, fragment, tmp_path):
   assert fragment in out.stderr
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_default_workdir_names_the_config_its_variant_and_its_overrides():
+  assert main.default_workdir("configs/ajepa.py", {}) == Path("runs/ajepa")
+  assert main.default_workdir("/x/configs/ajepa.py:demo,sets=2", {}) == Path(
+      "runs/ajepa_demo_sets-2")
+  a = main.default_workdir("configs/ajepa.py", {"train.batch_size": 64, "seed": 1})
+  b = main.default_workdir("configs/ajepa.py", {"seed": 1, "train.batch_size": 64})
+  c = main.default_workdir("configs/ajepa.py", {"train.batch_size": 32, "seed": 1})
+  assert a == b != c and a.name.startswith("ajepa_") and len(a.name) == len("ajepa_") + 8
+
+
+TINY = ["--config.data.frames=64", "--config.data.synthetic.num_pretrain=48",
+        "--config.data.synthetic.num_probe=36", "--config.model.width=32",
+        "--config.model.depth=1", "--config.model.num_heads=2", "--config.model.mlp_dim=64",
+        "--config.predictor.width=16", "--config.predictor.depth=1",
+        "--config.predictor.num_heads=2", "--config.predictor.mlp_dim=32",
+        "--config.train.batch_size=8", "--config.train.epochs=1.0",
+        "--config.optim.warmup_epochs=0.25", "--probe=false"]
+
+
+@pytest.mark.slow
+def test_without_workdir_the_run_goes_to_its_default_and_the_same_command_resumes(
+    tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  command = [f"--config={ROOT / 'configs' / 'audio_jepa.py'}:demo", *TINY]
+  main.main(command)
+  out, err = capsys.readouterr()
+  first = err.splitlines()[0]
+  assert first.startswith("workdir: runs/audio_jepa_demo_") and "resumes there" in first
+  assert "step 1/6 took" in err and "ETA" in err  # as soon as the first step is done
+  workdir = tmp_path / first.split()[1]
+  assert workdir.parent == tmp_path / "runs" and (workdir / "export").is_dir()
+  assert json.loads(out.splitlines()[-1])["steps"] == 6
+  main.main(command)  # finished: resumes at its last checkpoint and only reports
+  out, err = capsys.readouterr()
+  assert err.startswith(first)
+  assert f"resumed from the checkpoint at step 6 in {workdir}" in out
+  assert [p.name for p in (tmp_path / "runs").iterdir()] == [workdir.name]
+
+
+def test_an_interrupted_run_says_so_and_exits_130(tmp_path, monkeypatch, capsys):
+  interrupted = loop.TrainResult(step=4, total_steps=6, interrupted=True, last_metrics={},
+                                 timings={})
+  monkeypatch.setattr(loop, "train", lambda config, workdir: interrupted)
+  with pytest.raises(SystemExit) as exit_:
+    main.main([f"--config={ROOT / 'configs' / 'audio_jepa.py'}:demo",
+               f"--workdir={tmp_path / 'run'}"])
+  assert exit_.value.code == 130
+  assert "interrupted: the checkpoint of step 4 of 6 is saved" in capsys.readouterr().err
+
+
+def test_first_step_time_and_eta_and_a_line_past_a_day(capsys):
+  assert (metric_writers.duration(59), metric_writers.duration(3 * 86_400 + 7 * 3600)) == (
+      "0m59s", "3d07h")
+  metric_writers.Progress(0, 1000).first_step(1, 60.0)
+  assert capsys.readouterr().err == "step 1/1000 took 60.0 s | ETA 16h39m for the whole run\n"
+  metric_writers.Progress(0, 10_000).first_step(1, 60.0)
+  lines = capsys.readouterr().err.splitlines()
+  assert lines[0].endswith("ETA 6d22h for the whole run") and len(lines) == 2
+  assert ":demo variant" in lines[1] and "going on" in lines[1]
 
 
 @pytest.mark.parametrize("strategy", ["unstructured", "multi_block", "time"])

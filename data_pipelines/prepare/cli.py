@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print("interrupted: finished units are kept; run the same command again to resume",
           file=sys.stderr)
-    return 130
+    return cli_flags.INTERRUPTED
   except OSError as e:  # e.g. a full disk or a read-only --output
     print(f"error: {e}", file=sys.stderr)
     return 2

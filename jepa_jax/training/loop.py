@@ -177,6 +177,9 @@ def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dic
       # to the devices run asynchronously (the step waits for them, not the host).
       timings["input_wait"] += time.perf_counter() - waited_from
       state, metrics = compiled.step(state, batch)
+      if step == start + 1:  # the first step's time, as soon as it is known
+        jax.block_until_ready(metrics["loss"])
+        progress.first_step(step, time.perf_counter() - waited_from)
       if pending is not None:
         _ensure_finite(*pending, ckpt)
       pending = (step, metrics)

@@ -38,12 +38,17 @@ class MetricWriter:
       self.tb.close()
 
 
-def _duration(seconds: float) -> str:
+DAY_S = 86_400
+
+
+def duration(seconds: float) -> str:
+  """'4m40s', '3h05m', '2d07h'."""
   if not math.isfinite(seconds):
     return "?"
   m, s = divmod(int(seconds), 60)
   h, m = divmod(m, 60)
-  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+  d, h = divmod(h, 24)
+  return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 class Progress:
@@ -61,6 +66,20 @@ class Progress:
       shown = " ".join(f"{k} {float(metrics[k]):.4g}" for k in ("loss", "lr", "tau")
                        if k in metrics)
       eta = (self.total - step) / rate if rate > 0 else float("inf")
-      print(f"step {step}/{self.total} {shown} | {rate:.2f} steps/s | ETA {_duration(eta)}",
+      print(f"step {step}/{self.total} {shown} | {rate:.2f} steps/s | ETA {duration(eta)}",
             file=sys.stderr, flush=True)
     return rate
+
+  def first_step(self, step: int, seconds: float) -> None:
+    """As soon as the run's first step is done: its time and the whole run's ETA (a paper
+    recipe's step takes minutes on a CPU: no waiting for log_every); past a day, a line
+    on how to make it shorter. The run goes on either way."""
+    if not distributed.is_primary():
+      return
+    eta = (self.total - step) * seconds
+    print(f"step {step}/{self.total} took {seconds:.1f} s | ETA {duration(eta)} for the "
+          f"whole run", file=sys.stderr, flush=True)
+    if eta > DAY_S:
+      print(f"at this speed the run takes {duration(eta)}: for a run that ends today use "
+            f"the recipe's :demo variant (e.g. --config=configs/ajepa.py:demo), or more "
+            f"devices (README, 'Scale'); going on", file=sys.stderr, flush=True)
