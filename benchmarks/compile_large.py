@@ -67,7 +67,7 @@ def main(_):
   memory = compiled.step.memory_analysis()
   xla = {name: int(getattr(memory, f"{name}_size_in_bytes"))
          for name in ("argument", "output", "alias", "temp", "generated_code")}
-  xla["peak_estimate"] = step_setup.peak_bytes(compiled.step)
+  xla["peak_estimate"] = memory.needed_bytes(compiled.step)
   parts = state_bytes(compiled.abstract_state)
   params = step_setup.count(compiled.abstract_state["params"])
   max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB

@@ -19,7 +19,7 @@ from jepa_jax.config import fields, shapes, validation
 from jepa_jax.models import attention, layers, vit
 from jepa_jax.optim import optimizer
 from jepa_jax.parallel import mesh as mesh_lib
-from jepa_jax.training import update
+from jepa_jax.training import fit, update
 
 OBJECTIVES = ("jepa", "mae")  # the masked-prediction objectives these benchmarks describe
 
@@ -50,6 +50,7 @@ def compiled_step(config, total_steps: int = 1) -> tuple[object, update.Compiled
   config's mesh, from abstract shapes (nothing allocated); the schedules (lr, EMA,
   curriculum) span `total_steps` for the objective and 1000 steps (10 warm-up) for the
   optimizer: lengths change values, not shapes or memory."""
+  config = fit.resolved(config, 1, "none")  # the whole batch, unless the caller split it
   objective = objectives.build(config, total_steps)
   tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"),
                                            config.train.batch_size, 1000, 10,
@@ -59,13 +60,6 @@ def compiled_step(config, total_steps: int = 1) -> tuple[object, update.Compiled
                                  mesh_lib.make_mesh(config.mesh), shapes.input_shape(config)[0],
                                  monitors=False)
   return objective, compiled, time.perf_counter() - t
-
-
-def peak_bytes(compiled_fn) -> int:
-  """Peak memory of a compiled function by XLA's buffer assignment (per device)."""
-  m = compiled_fn.memory_analysis()
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-             + m.temp_size_in_bytes)
 
 
 def benchmark_step(config, total_steps: int = 1) -> BenchmarkStep:

@@ -46,7 +46,8 @@ from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import step_setup  # noqa: E402
 from jepa_jax import models  # noqa: E402
-from jepa_jax.config import validation
+from jepa_jax.config import validation  # noqa: E402
+from jepa_jax.parallel import memory  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
 flags.DEFINE_list("batch_sizes", ["32"], "global batch sizes of the batch table; the first "
@@ -111,7 +112,7 @@ def time_jax_step(config: ml_collections.ConfigDict, batch: int) -> dict:
          "achieved_flops_per_s": sum(flops) / step_s,
          "pass_flops": {p.name: f for p, f in zip(passes, flops)},
          "dominant_gemm": {"pass": top.name, "m_k_n": gemm},
-         "peak_bytes": step_setup.peak_bytes(compiled),
+         "peak_bytes": memory.needed_bytes(compiled),
          "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
   if jax.default_backend() == "gpu":
     row["device_peak_bytes_so_far"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"]

@@ -34,7 +34,7 @@ from jepa_jax import objectives
 from jepa_jax.config import fields, validation
 from jepa_jax.evaluation import suite
 from jepa_jax.parallel import distributed
-from jepa_jax.training import datasets, loop
+from jepa_jax.training import datasets, fit, loop
 
 
 def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
   try:
     result = loop.train(config, workdir)
   except (fields.ConfigError, datasets.DataError, loop.IncompatibleWorkdirError,
-          loop.NonFiniteLossError) as err:
+          loop.NonFiniteLossError, fit.OutOfMemoryError) as err:
     cli.fail(str(err))
   primary = distributed.is_primary()
   if result.interrupted:

@@ -10,7 +10,7 @@ import pytest
 from jepa_jax import main
 from jepa_jax.config import fields, upgrade, validation
 from jepa_jax.training import loop, metric_writers
-from tests.tiny import ROOT, load_config_module
+from tests.tiny import ROOT, TINY_FLAGS, load_config_module
 
 audio_jepa = load_config_module()
 
@@ -133,20 +133,11 @@ def test_default_workdir_names_the_config_its_variant_and_its_overrides():
   assert a == b != c and a.name.startswith("ajepa_") and len(a.name) == len("ajepa_") + 8
 
 
-TINY = ["--config.data.frames=64", "--config.data.synthetic.num_pretrain=48",
-        "--config.data.synthetic.num_probe=36", "--config.model.width=32",
-        "--config.model.depth=1", "--config.model.num_heads=2", "--config.model.mlp_dim=64",
-        "--config.predictor.width=16", "--config.predictor.depth=1",
-        "--config.predictor.num_heads=2", "--config.predictor.mlp_dim=32",
-        "--config.train.batch_size=8", "--config.train.epochs=1.0",
-        "--config.optim.warmup_epochs=0.25", "--probe=false"]
-
-
 @pytest.mark.slow
 def test_without_workdir_the_run_goes_to_its_default_and_the_same_command_resumes(
     tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
-  command = [f"--config={ROOT / 'configs' / 'audio_jepa.py'}:demo", *TINY]
+  command = [f"--config={ROOT / 'configs' / 'audio_jepa.py'}:demo", *TINY_FLAGS]
   main.main(command)
   out, err = capsys.readouterr()
   first = err.splitlines()[0]

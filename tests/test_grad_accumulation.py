@@ -174,7 +174,7 @@ def test_uamix_queue_threads_through_the_micro_batches():
 def test_micro_batch_config_errors(tmp_path):
   for bad in (0, -2, 3):
     with pytest.raises(fields.ConfigError,
-                       match="train.micro_batches must be an integer >= 1 dividing "
+                       match="train.micro_batches must be 'auto' or an integer >= 1 dividing "
                              "train.batch_size 8"):
       validation.validate(tiny_config(micro_batches=bad))
   # 8 examples in micro-batches of 2 cannot split over the 8 simulated devices.

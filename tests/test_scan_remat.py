@@ -209,9 +209,9 @@ def test_objective_loss_and_gradients_match_across_layouts():
 
 def test_config_fields_default_off_and_reach_the_modules():
   c = tiny_config()
-  assert (c.model.scan_layers, c.model.remat) == (False, "none")
-  assert (c.predictor.scan_layers, c.predictor.remat) == (False, "none")
-  enc = models.build_encoder(c, shapes.grid(c))
+  assert (c.model.scan_layers, c.model.remat) == (False, "auto")
+  assert (c.predictor.scan_layers, c.predictor.remat) == (False, "auto")
+  enc = models.build_encoder(c, shapes.grid(c))  # 'auto' outside training: no remat
   assert (enc.scan, enc.remat) == (False, "none")
   _scan_everything(c)
   validation.validate(c)
@@ -242,7 +242,7 @@ def test_validate_names_bad_remat_and_odd_scanned_shifted_window_depth():
   c.predictor.update(scan_layers=True, depth=3)
   with pytest.raises(fields.ConfigError) as err:
     validation.validate(c)
-  assert "model.remat must be one of" in str(err.value)
+  assert "model.remat must be 'auto' or one of" in str(err.value)
   assert "predictor.scan_layers scans shifted-window blocks" in str(err.value)
   assert "predictor.depth must be even, got 3" in str(err.value)
   c.model.remat, c.predictor.depth = "full", 4

@@ -14,6 +14,7 @@ from jepa_jax import objectives
 from jepa_jax.config import fields, validation
 from jepa_jax.objectives import initial
 from jepa_jax.optim import optimizer
+from jepa_jax.parallel import memory
 from jepa_jax.parallel import mesh as mesh_lib
 from jepa_jax.training import checkpoint, datasets, loop, update
 from tests.tiny import load_config_module, tiny_config
@@ -218,9 +219,12 @@ def test_train_stops_at_start_up_when_the_check_fails(tmp_path, monkeypatch):
     """The step's abstract state and shardings alone (the check reads nothing else)."""
     state, shardings = _abstract_state(config, mesh)
     return types.SimpleNamespace(
-        abstract_state=checkpoint.abstract_with_shardings(state, shardings), shardings=shardings)
+        step=None, shardings=shardings,
+        abstract_state=checkpoint.abstract_with_shardings(state, shardings))
 
   monkeypatch.setattr(update, "compile_step", uncompiled)
+  monkeypatch.setattr(memory, "needed_bytes", lambda step: 0)  # nothing compiled to measure
+  monkeypatch.setattr(memory, "temporary_bytes", lambda step: 0)
   with pytest.raises(fields.ConfigError, match="params/encoder/patch_embed/kernel"):
     loop.train(config, tmp_path)
   assert list(tmp_path.iterdir()) == []

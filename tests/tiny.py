@@ -1,9 +1,19 @@
-"""A tiny Audio-JEPA config for fast tests (the demo recipe, shrunk)."""
+"""A tiny Audio-JEPA config for fast tests (the demo recipe, shrunk; one micro-batch, so
+that tests may compile its step directly: training/fit.py resolves "auto")."""
 from pathlib import Path
 
 from jepa_jax.config import fields
 
 ROOT = Path(__file__).resolve().parents[1]
+# The command-line overrides that shrink configs/audio_jepa.py:demo like tiny_config.
+TINY_FLAGS = ["--config.data.frames=64", "--config.data.synthetic.num_pretrain=48",
+              "--config.data.synthetic.num_probe=36", "--config.model.width=32",
+              "--config.model.depth=1", "--config.model.num_heads=2",
+              "--config.model.mlp_dim=64", "--config.predictor.width=16",
+              "--config.predictor.depth=1", "--config.predictor.num_heads=2",
+              "--config.predictor.mlp_dim=32", "--config.train.batch_size=8",
+              "--config.train.epochs=1.0", "--config.optim.warmup_epochs=0.25",
+              "--probe=false"]
 
 
 def load_config_module(name: str = "audio_jepa"):
@@ -16,7 +26,8 @@ def tiny_config(**train):
   c.data.synthetic.update(num_pretrain=48, num_probe=36)
   c.model.update(width=32, depth=1, num_heads=2, mlp_dim=64)
   c.predictor.update(width=16, depth=1, num_heads=2, mlp_dim=32)
-  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2)
+  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2,
+                 micro_batches=1)
   c.optim.warmup_epochs = 0.25
   c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
   c.train.update(**train)
@@ -33,7 +44,8 @@ def tiny_mae_config(**train):
   c.model.update(width=32, depth=1, num_heads=2, mlp_dim=64)
   c.decoder.update(width=16, depth=2, num_heads=2, mlp_dim=32, window=dict(freq=5, time=2),
                    shift=dict(freq=0, time=1))
-  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2)
+  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2,
+                 micro_batches=1)
   c.optim.warmup_epochs = 0.25
   c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
   c.train.update(**train)
@@ -52,7 +64,8 @@ def tiny_uamix_config(stage: int = 1, init_from: str = "/nonexistent", **train):
   c.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
   c.uamix.update(queue_size=16)
   c.uamix.projector.update(hidden=16, out=8)
-  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2)
+  c.train.update(batch_size=8, epochs=1.0, log_every=2, checkpoint_every=3, keep_checkpoints=2,
+                 micro_batches=1)
   c.probe.update(max_epochs=20, patience=5, chunk_batch=16)
   c.train.update(**train)
   module.set_stage(c, stage)

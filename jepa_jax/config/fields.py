@@ -128,7 +128,9 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
   c.model = ml_collections.ConfigDict(dict(
       patch_shape=(16, 16), positions="sincos", dtype="float32", attention_impl="",
       scan_layers=False,  # one nn.scan over the blocks (params stacked on a 'layers' axis)
-      remat="none",       # vit.REMAT: recompute block activations in the backward pass
+      # vit.REMAT: recompute block activations in the backward pass; 'auto': only where the
+      # step would not fit in the devices' memory otherwise (training/fit.py)
+      remat="auto",
       **ENCODER_SIZES["vit_b"]))
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_norm=0.0,
@@ -140,13 +142,16 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
       # Gradient accumulation: a step runs its batch as micro_batches pieces in turn and
       # averages their gradients into one update, holding the activations of
       # batch_size / micro_batches examples. BatchNorm statistics, in-batch negatives
-      # (uamix) and mixing partners then come from one micro-batch.
-      micro_batches=1,
+      # (uamix) and mixing partners then come from one micro-batch. 'auto': the fewest
+      # that fit in the devices' memory (training/fit.py); an integer or 'auto' (the
+      # field takes both, hence a reference of any type).
+      micro_batches=ml_collections.FieldReference("auto", field_type=object),
       epochs=100.0, log_every=100, checkpoint_every=2000, keep_checkpoints=3))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  # Several processes (hosts) on jax.distributed (jepa_jax/parallel/distributed.py). Unset fields
-  # fall back to $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; all unset,
-  # jax detects a TPU / SLURM / MPI cluster, and without one the run is a single process.
+  # Several processes (hosts) on jax.distributed (jepa_jax/parallel/distributed.py).
+  # Unset fields fall back to $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES,
+  # $JAX_PROCESS_ID; all unset, jax detects a TPU / SLURM / MPI cluster, and without one
+  # the run is a single process.
   c.distributed = ml_collections.ConfigDict(dict(
       coordinator_address="",  # host:port of process 0; "" = unset
       num_processes=0,         # 0 = unset
@@ -186,7 +191,7 @@ def predictor_config(size: str | dict, layout: str, attention: str = "global",
   return ml_collections.ConfigDict(dict(
       layout=layout, attention=attention, window=dict(freq=window[0], time=window[1]),
       shift=dict(freq=shift[0], time=shift[1]), positions=positions,
-      scan_layers=False, remat="none", **shape))
+      scan_layers=False, remat="auto", **shape))
 
 
 # Fields that may change when a run resumes: they do not change what is computed.

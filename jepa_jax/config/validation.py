@@ -165,9 +165,9 @@ def _run_errors(config: ml_collections.ConfigDict) -> list[str]:
   t = config.train
   _positive(e, config, "train", "batch_size", "epochs", "log_every", "checkpoint_every",
             "keep_checkpoints")
-  _check(e, _is_int(t.micro_batches) and t.micro_batches >= 1
-         and t.batch_size % t.micro_batches == 0,
-         f"train.micro_batches must be an integer >= 1 dividing train.batch_size "
+  _check(e, t.micro_batches == "auto" or (_is_int(t.micro_batches) and t.micro_batches >= 1
+                                            and t.batch_size % t.micro_batches == 0),
+         f"train.micro_batches must be 'auto' or an integer >= 1 dividing train.batch_size "
          f"{t.batch_size}, got {t.micro_batches!r}")
   mesh_sizes = [config.mesh[a] for a in ("data", "fsdp", "model")]
   _check(e, all(s == -1 or s >= 1 for s in mesh_sizes) and mesh_sizes.count(-1) <= 1,

@@ -20,8 +20,11 @@ def _attention_impl(model: ml_collections.ConfigDict) -> str | None:
 
 
 def stack_options(section: ml_collections.ConfigDict) -> dict:
-  """Layer scanning and remat of a model / predictor / decoder section."""
-  return dict(scan=section.scan_layers, remat=section.remat)
+  """Layer scanning and remat of a model / predictor / decoder section. Training resolves
+  remat 'auto' (training/fit.py); built anywhere else (evaluation, an export) a stack
+  recomputes nothing."""
+  return dict(scan=section.scan_layers,
+              remat="none" if section.remat == "auto" else section.remat)
 
 
 def stack_errors(config: ml_collections.ConfigDict, section: str,
@@ -32,8 +35,8 @@ def stack_errors(config: ml_collections.ConfigDict, section: str,
   options, errors = stack_options(s), []
   if not isinstance(options["scan"], bool):
     errors.append(f"{section}.scan_layers must be True or False, got {options['scan']!r}")
-  if options["remat"] not in vit.REMAT:
-    errors.append(f"{section}.remat must be one of {vit.REMAT}, got {options['remat']!r}")
+  if s.remat not in vit.REMAT + ("auto",):
+    errors.append(f"{section}.remat must be 'auto' or one of {vit.REMAT}, got {s.remat!r}")
   if options["scan"] is True and section != "model" and s.attention == "local" \
       and grid is not None:
     try:

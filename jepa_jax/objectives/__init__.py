@@ -10,6 +10,8 @@ Each objective class is built from the config and provides
   input_transform(params, aux) -> {"scale", "shift"} per mel bin or None: a learned
       input normaliser the exported encoder's input must go through (Dasheng's BatchNorm)
   ema_subtree: name of the params entry the optimizer keeps an EMA of, or None.
+  splits_batch(config) (static): whether the loss is a mean of per-example terms, so
+      that the batch may run as micro-batches (training/fit.py) without changing it.
 Optionally, the class's dataset_errors(config, num_examples) -> list of errors that need
 the training set's size (checked once the data is resolved).
 `aux` carries non-trained state (BatchNorm statistics, queues) and, under 'ema', the

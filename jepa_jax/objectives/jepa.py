@@ -36,6 +36,12 @@ class JEPA:
   ema_subtree = "encoder"
 
   @staticmethod
+  def splits_batch(config: ml_collections.ConfigDict) -> bool:
+    """The loss is a mean of per-example terms: micro-batches keep the gradient."""
+    del config
+    return True
+
+  @staticmethod
   def config_errors(config: ml_collections.ConfigDict) -> list[str]:
     j = config.jepa
     errors = []

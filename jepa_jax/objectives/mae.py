@@ -27,6 +27,11 @@ class MAE:
   ema_subtree = None  # no target network
 
   @staticmethod
+  def splits_batch(config: ml_collections.ConfigDict) -> bool:
+    """Per-example terms, unless the input BatchNorm's statistics couple the batch."""
+    return config.mae.input_norm == "none"
+
+  @staticmethod
   def config_errors(config: ml_collections.ConfigDict) -> list[str]:
     errors = models.predictor_config_errors(config, "decoder", shapes.grid(config))
     if config.decoder.layout != "full_grid":

@@ -33,6 +33,12 @@ class UaMix:
   ema_subtree = None
 
   @staticmethod
+  def splits_batch(config: ml_collections.ConfigDict) -> bool:
+    """In-batch negatives and mixing partners couple the batch."""
+    del config
+    return False
+
+  @staticmethod
   def config_errors(config: ml_collections.ConfigDict) -> list[str]:
     u = config.uamix
     errors = []

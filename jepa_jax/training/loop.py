@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from jepa_jax.config import fields, upgrade, validation
 from jepa_jax.optim import optimizer
 from jepa_jax.parallel import distributed
 from jepa_jax.parallel import mesh as mesh_lib
-from jepa_jax.training import checkpoint, datasets, metric_writers, update, warm_start
+from jepa_jax.training import checkpoint, datasets, fit, metric_writers, update, warm_start
 
 
 class IncompatibleWorkdirError(RuntimeError):
@@ -120,7 +121,14 @@ def _ensure_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> N
         f"warmup, then rerun to resume.")
 
 
+def _say(line: str) -> None:
+  if distributed.is_primary():
+    print(line, file=sys.stderr, flush=True)
+
+
 def _check_micro_batch(config: ml_collections.ConfigDict, mesh) -> None:
+  if config.train.micro_batches == "auto":  # fit.py picks a count that divides
+    return
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   micro_batch = config.train.batch_size // config.train.micro_batches
   if micro_batch % batch_devices:
@@ -231,14 +239,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
 
   mesh = mesh_lib.make_mesh(config.mesh)
   _check_micro_batch(config, mesh)
-  objective = objectives.build(config, total_steps)
-  tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"),
-                                           config.train.batch_size, total_steps, warmup_steps,
-                                           objective.ema_subtree)
+
+  def build(c: ml_collections.ConfigDict):
+    objective = objectives.build(c, total_steps)
+    tx, schedules = optimizer.make_optimizer(c.optim, c.get("ema"), c.train.batch_size,
+                                             total_steps, warmup_steps, objective.ema_subtree)
+    return objective, tx, update.compile_step(c, objective, tx, schedules, mesh,
+                                              data.metadata["frontend"]["n_mels"])
 
   t = time.perf_counter()
-  compiled = update.compile_step(config, objective, tx, schedules, mesh,
-                                 data.metadata["frontend"]["n_mels"])
+  splits = objectives.OBJECTIVES[config.objective].splits_batch
+  objective, tx, compiled = fit.fit(config, mesh, splits, build, _say).built
   timings["compile"] = time.perf_counter() - t
   mesh_lib.check_replicated(config.sharding_check, compiled.abstract_state, compiled.shardings,
                             mesh)

@@ -123,6 +123,9 @@ def compile_step(config: ml_collections.ConfigDict, objective, tx, schedules, me
     abstract_state = checkpoint.abstract_with_shardings(mesh_lib.strip_boxes(boxed), shardings)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     b, k = config.train.batch_size, config.train.micro_batches
+    if not isinstance(k, int):
+      raise ValueError(f"compile_step needs a whole number of micro-batches, got {k!r}: "
+                       f"resolve 'auto' first (training/fit.py)")
     abstract_batch = {
         "mel": jax.ShapeDtypeStruct((b, n_mels, config.data.frames), jnp.float32,
                                     sharding=batch_sharding),
