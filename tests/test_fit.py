@@ -1,5 +1,7 @@
 """The train step fitted to the devices' memory: micro_batches / remat 'auto' choose from
 XLA's memory analysis, a step that cannot fit stops before training with one line."""
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -21,6 +23,19 @@ def test_estimates_scale_the_activations_and_pick_the_fewest_that_fit():
   assert fit.fewest_micro_batches(8, 900, 800, 1, budget=301) == 4
   assert fit.fewest_micro_batches(6, 900, 800, 1, budget=400) == 3  # divisors of 6 only
   assert fit.fewest_micro_batches(8, 900, 800, 1, budget=10) == 8  # the most there can be
+
+
+def test_suggestions_are_settings_estimated_to_fit():
+  config = tiny_config()
+  mesh = types.SimpleNamespace(shape={"data": 8, "fsdp": 1}, devices=np.zeros(8))
+  config.train.batch_size = 64  # 8 a device
+  assert fit._suggestions(config, mesh, True, 900, 800, 1, budget=500) == [
+      "--config.train.micro_batches=2", "--config.mesh.fsdp=8 --config.mesh.data=1",
+      "a smaller train.batch_size, or the recipe's :demo variant"]
+  assert fit._suggestions(config, mesh, False, 900, 800, 1, budget=500)[0].startswith(
+      "--config.mesh.fsdp=8")  # an objective that couples the batch is not split
+  assert not fit._suggestions(config, mesh, True, 900, 800, 1, budget=150)[0].startswith(
+      "--config.train.micro_batches")  # even 8 micro-batches (200 bytes) would not fit
 
 
 def _small(**train):
@@ -90,7 +105,7 @@ def test_a_step_that_cannot_fit_stops_before_training_with_one_line(tmp_path, mo
   assert exit_.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()[-1]
   assert err.startswith("error: the train step needs") and "micro_batches 1, remat none" in err
-  assert "--config.model.remat=full --config.predictor.remat=full" in err
+  assert "--config.mesh.fsdp=8" in err
   assert not (tmp_path / "cli").exists()
 
 

@@ -78,15 +78,15 @@ def fewest_micro_batches(per_device: int, needed: int, temporary: int, k: int,
 
 def _suggestions(config, mesh, splits: bool, needed: int, temporary: int, k: int,
                  budget: int) -> list[str]:
+  """Settings with evidence that they fit: micro-batches by the activations' scaling, the
+  state split over devices, fewer examples. (Recomputing activations is not among them:
+  XLA's CPU compiler may keep as much; 'auto' measures it instead.)"""
   out = []
   per_device = per_device_batch(config, mesh)
   if splits and per_device > k:
     d = fewest_micro_batches(per_device, needed, temporary, k, budget)
     if estimated_bytes(needed, temporary, k, d) <= budget:
       out.append(f"--config.train.micro_batches={d}")
-  remat = [s for s in STACKS if s in config and config[s].remat in ("none", "auto")]
-  if remat:
-    out.append(" ".join(f"--config.{s}.remat=full" for s in remat))
   devices = mesh.devices.size
   if devices > 1 and mesh.shape["fsdp"] == 1:
     out.append(f"--config.mesh.fsdp={devices} --config.mesh.data=1")
@@ -125,7 +125,7 @@ def fit(config: ml_collections.ConfigDict, mesh, splits_batch: Callable, build: 
   if budget is not None and needed > budget:
     raise OutOfMemoryError(
         f"the train step needs {memory.readable(needed)} per device (XLA's memory analysis, "
-        f"micro_batches {k}, remat {remat}) and each {platform} device has "
+        f"micro_batches {k}, remat {trial.model.remat}) and each {platform} device has "
         f"{memory.readable(available)} ({int(MARGIN * 100)} % usable); settings that would "
         f"fit: " + "; or ".join(_suggestions(trial, mesh, splits, needed, temporary, k,
                                              budget)))
