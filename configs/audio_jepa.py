@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.predictor = fields.predictor_config("audio_jepa", layout="queries")
 
   # Table 3: mask.strategy in {unstructured, multi_block, time} x jepa.target_domain in
-  # {audio, latent}; each strategy's parameters are the papers' (jepa_jax/masks.py).
+  # {audio, latent}; each strategy's parameters are the papers' (jepa_jax/masks/).
   c.mask = masks.default_config("unstructured")
   c.jepa = ml_collections.ConfigDict(dict(
       target_domain="audio",         # 'audio' (paper best) or 'latent' (I-JEPA)

@@ -14,8 +14,7 @@ shard's metadata so a model trained on one front end refuses shards made with an
 
 Every recipe has the same interface: `logmel(wave)`, `frames(seconds)`, `floor`,
 `pad_value(mel)`, `apply_gain_db(mel, gain_db)`, `to_dict()` / `FrontEnd.from_dict(d)`.
-NumPy here computes in float64 (data preparation); `device_frontends.logmel` computes the
-same recipe in float32 jax.numpy from the same filterbank, window and `compress`.
+Computed in NumPy float64 (data preparation, evaluation and the HEAR module alike).
 """
 from __future__ import annotations
 

@@ -168,7 +168,9 @@ def test_first_step_time_and_eta_and_a_line_past_a_day(capsys):
   assert (metric_writers.duration(59), metric_writers.duration(3 * 86_400 + 7 * 3600)) == (
       "0m59s", "3d07h")
   metric_writers.Progress(0, 1000).first_step(1, 60.0)
-  assert capsys.readouterr().err == "step 1/1000 took 60.0 s | ETA 16h39m for the whole run\n"
+  assert capsys.readouterr().err == (
+      "step 1/1000 took 60.0 s (with one-time start-up; the progress lines refine it) | "
+      "ETA 16h39m for the whole run\n")
   metric_writers.Progress(0, 10_000).first_step(1, 60.0)
   lines = capsys.readouterr().err.splitlines()
   assert lines[0].endswith("ETA 6d22h for the whole run") and len(lines) == 2

@@ -77,8 +77,9 @@ class Progress:
     if not distributed.is_primary():
       return
     eta = (self.total - step) * seconds
-    print(f"step {step}/{self.total} took {seconds:.1f} s | ETA {duration(eta)} for the "
-          f"whole run", file=sys.stderr, flush=True)
+    print(f"step {step}/{self.total} took {seconds:.1f} s (with one-time start-up; the "
+          f"progress lines refine it) | ETA {duration(eta)} for the whole run",
+          file=sys.stderr, flush=True)
     if eta > DAY_S:
       print(f"at this speed the run takes {duration(eta)}: for a run that ends today use "
             f"the recipe's :demo variant (e.g. --config=configs/ajepa.py:demo), or more "
