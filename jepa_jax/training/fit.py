@@ -12,7 +12,6 @@ whose loss is a mean of per-example terms (`objective.splits_batch`); for the ot
 what a device has and the settings that would fit, and nothing has been written.
 """
 import copy
-import dataclasses
 from collections.abc import Callable
 
 import ml_collections
@@ -27,14 +26,6 @@ STACKS = ("model", "predictor", "decoder")
 
 class OutOfMemoryError(RuntimeError):
   """The train step does not fit in the devices' memory with any allowed setting."""
-
-
-@dataclasses.dataclass
-class Fitted:
-  config: ml_collections.ConfigDict  # micro_batches and remat resolved
-  built: tuple                       # what `build` returned for that config
-  needed: int                        # bytes per device
-  available: int | None              # bytes per device; None: not known
 
 
 def is_auto(config: ml_collections.ConfigDict) -> tuple[bool, bool]:
@@ -95,10 +86,10 @@ def _suggestions(config, mesh, splits: bool, needed: int, temporary: int, k: int
 
 
 def fit(config: ml_collections.ConfigDict, mesh, splits_batch: Callable, build: Callable,
-        say: Callable[[str], None]) -> Fitted:
-  """`build(resolved config) -> (..., compiled step)` (its `.step` the jitted update):
-  compiled with the settings that fit. `splits_batch(config)`: whether the objective's
-  loss is a mean over examples."""
+        say: Callable[[str], None]) -> tuple:
+  """What `build(resolved config) -> (..., compiled step)` returns for the settings that
+  fit (the compiled step's `.step` is the jitted update). `splits_batch(config)`: whether
+  the objective's loss is a mean over examples."""
   auto_k, auto_remat = is_auto(config)
   available = memory.available_bytes(mesh.devices.flat)
   budget = None if available is None else int(MARGIN * available)
@@ -131,7 +122,7 @@ def fit(config: ml_collections.ConfigDict, mesh, splits_batch: Callable, build: 
                                              budget)))
   if auto_k or auto_remat:
     have = "unknown" if available is None else memory.readable(available)
-    why = "" if k == 1 and remat == "none" else f" (the whole batch needs {memory.readable(whole)})"
-    say(f"memory: micro_batches {k}, remat {remat}: the step needs {memory.readable(needed)} "
-        f"per device of {have} on each {platform} device{why}")
-  return Fitted(trial, built, needed, available)
+    why = "" if needed == whole else f" (the whole batch needs {memory.readable(whole)})"
+    say(f"memory: micro_batches {k}, remat {trial.model.remat}: the step needs "
+        f"{memory.readable(needed)} per device of {have} on each {platform} device{why}")
+  return built

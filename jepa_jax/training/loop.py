@@ -249,7 +249,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
 
   t = time.perf_counter()
   splits = objectives.OBJECTIVES[config.objective].splits_batch
-  objective, tx, compiled = fit.fit(config, mesh, splits, build, _say).built
+  objective, tx, compiled = fit.fit(config, mesh, splits, build, _say)
   timings["compile"] = time.perf_counter() - t
   mesh_lib.check_replicated(config.sharding_check, compiled.abstract_state, compiled.shardings,
                             mesh)
