@@ -46,7 +46,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import step_setup  # noqa: E402
 from jepa_jax import models  # noqa: E402
-from jepa_jax.config import validation  # noqa: E402
+from jepa_jax.config import shapes, validation  # noqa: E402
 from jepa_jax.parallel import memory  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
@@ -153,8 +153,8 @@ def measure(config: ml_collections.ConfigDict, batch: int) -> dict:
   config.train.batch_size = batch
   config.model.dtype = FLAGS.dtype or config.model.dtype
   validation.validate(config)
-  mels, frames = models.input_shape(config)
-  grid = models.grid(config)
+  mels, frames = shapes.input_shape(config)
+  grid = shapes.grid(config)
   row = {"batch": batch, "mels": mels, "frames": frames, "tokens_per_clip": grid[0] * grid[1],
          **time_jax_step(config, batch)}
   dtype = models.DTYPES[config.model.dtype]
@@ -208,7 +208,7 @@ def main(_):
   config = FLAGS.config
   step_setup.check_objective(config)
   batches = [int(b) for b in FLAGS.batch_sizes]
-  own_tokens = models.grid(config)[0] * models.grid(config)[1]
+  own_tokens = shapes.grid(config)[0] * shapes.grid(config)[1]
   token_configs = {t: step_setup.with_tokens(config, t) for t in map(int, FLAGS.tokens)}
   batch_rows = [measure(config, b) for b in batches]
   token_rows = [batch_rows[0] if t == own_tokens else measure(c, batches[0])
