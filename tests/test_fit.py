@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jepa_jax import export, main, objectives
-from jepa_jax.config import validation
+from jepa_jax.config import fields, validation
 from jepa_jax.optim import optimizer
 from jepa_jax.parallel import memory
 from jepa_jax.parallel import mesh as mesh_lib
@@ -36,6 +36,14 @@ def test_suggestions_are_settings_estimated_to_fit():
       "--config.mesh.fsdp=8")  # an objective that couples the batch is not split
   assert not fit._suggestions(config, mesh, True, 900, 800, 1, budget=150)[0].startswith(
       "--config.train.micro_batches")  # even 8 micro-batches (200 bytes) would not fit
+
+
+def test_resolved_sets_auto_fields_also_after_references_are_resolved():
+  # copy_and_resolve_references turns the 'auto' field (typed object) into a str field.
+  config = fields.load("configs/ajepa.py").copy_and_resolve_references()
+  c = fit.resolved(config, 4, "full")
+  assert (c.train.micro_batches, c.model.remat, c.predictor.remat) == (4, "full", "full")
+  assert c.train.batch_size == config.train.batch_size and config.train.micro_batches == "auto"
 
 
 def _small(**train):

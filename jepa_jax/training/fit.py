@@ -39,11 +39,21 @@ def resolved(config: ml_collections.ConfigDict, micro_batches: int,
   """A copy of `config` with its 'auto' micro_batches and remat fields set."""
   out = copy.deepcopy(config)
   if config.train.micro_batches == "auto":
-    out.train.micro_batches = micro_batches
+    _set(out, "train", "micro_batches", micro_batches)
   for s in STACKS:
     if s in config and config[s].remat == "auto":
       out[s].remat = remat
   return out
+
+
+def _set(config: ml_collections.ConfigDict, section: str, field: str, value) -> None:
+  """config[section][field] = value, also where copy_and_resolve_references has turned the
+  'auto' field (typed `object`) into a plain str field that refuses an int."""
+  try:
+    config[section][field] = value
+  except TypeError:
+    with config.unlocked():
+      config[section] = ml_collections.ConfigDict({**config[section].to_dict(), field: value})
 
 
 def per_device_batch(config: ml_collections.ConfigDict, mesh) -> int:
