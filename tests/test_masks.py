@@ -102,10 +102,16 @@ def test_target_blocks_are_rectangles_within_the_configured_area(strategy, grid)
   if strategy == "time":
     lo = max(1, round(p.target_scale[0] * grid[1])) * grid[0]
     hi = min(grid[1], round(p.target_scale[1] * grid[1] + 0.5)) * grid[0]
+    assert masks.time_block_lower_bound(grid, p.target_scale) <= lo
   else:
     lo, hi = _area_range(grid, p.target_scale, p.target_aspect)
     assert hi <= masks.block_area_bound(grid, p.target_scale, p.target_aspect) \
         == m.target_idx.shape[-1]
+    assert masks.block_area_lower_bound(grid, p.target_scale, p.target_aspect) <= lo
+  # The context's slots: the grid less the smallest target block, never truncating one.
+  assert m.context_idx.shape[-1] == grid[0] * grid[1] - (
+      masks.time_block_lower_bound(grid, p.target_scale) if strategy == "time" else
+      masks.block_area_lower_bound(grid, p.target_scale, p.target_aspect))
   areas = targets.sum((2, 3))
   assert areas.min() >= lo and areas.max() <= hi
   rows, cols = targets.any(3), targets.any(2)
@@ -115,6 +121,32 @@ def test_target_blocks_are_rectangles_within_the_configured_area(strategy, grid)
     assert rows.all()                                   # every frequency row
   # one block size per clip (Algorithm 1 / I-JEPA), positions per block
   assert (areas == areas[:, :1]).all()
+
+
+@pytest.mark.parametrize("grid", [(5, 13), (8, 64), (8, 8), (1, 250), (12, 101)])
+@pytest.mark.parametrize("scale, aspect", [
+    ((0.15, 0.2), (0.75, 1.5)), ((0.05, 0.075), (0.75, 1.5)), ((0.01, 0.5), (0.2, 5.0)),
+    ((0.3, 0.3), (1.0, 1.0)), ((0.9, 1.0), (0.1, 10.0))])
+def test_block_area_bounds_hold_for_every_area_and_aspect(grid, scale, aspect):
+  """The bounds against the rule's areas over a dense grid of (area, aspect), ends and
+  float32 neighbours of the smallest area included."""
+  cells = grid[0] * grid[1]
+  lows = [np.float32(scale[0]) * cells * f for f in (1.0, 1 + 1e-7, 1 - 1e-7)]
+  areas = [ref.block_hw(a, r, grid)
+           for a in lows + list(np.linspace(scale[0], scale[1], 200) * cells)
+           for r in np.linspace(*aspect, 200)]
+  got = [h * w for h, w in areas]
+  assert masks.block_area_lower_bound(grid, scale, aspect) <= min(got)
+  assert max(got) <= masks.block_area_bound(grid, scale, aspect)
+
+
+@pytest.mark.parametrize("strategy", ["multi_block", "time_frequency_aware", "curriculum"])
+def test_a_jepa_context_runs_on_fewer_slots_than_the_grid(strategy):
+  """8 x 64 (A-JEPA): 512 - 56 (multi-block's smallest target, 8 x 7) and 512 - 16
+  (time-frequency aware's, 4 x 4); the curriculum pads to the larger."""
+  _, _, m = draw(strategy, (8, 64), count=2000)
+  assert m.context_idx.shape[-1] == {"multi_block": 456, "time_frequency_aware": 496,
+                                     "curriculum": 496}[strategy]
 
 
 @pytest.mark.parametrize("grid", GRIDS)

@@ -136,6 +136,28 @@ def block_area_bound(grid, scale, aspect) -> int:
   return int(max(cases))
 
 
+def _round_at_least(x: float) -> int:
+  """An integer no larger than round(y) for any float32 y computed as >= x: round(y) >=
+  y - 0.5, and the float32 products may fall a few ulps short of x."""
+  return int(math.ceil(x * (1 - 1e-5) - 0.5))
+
+
+def block_area_lower_bound(grid, scale, aspect) -> int:
+  """A proven lower bound of h * w over every draw of block_size.
+
+  At the smallest area a, the sides are at least h* = round(sqrt(a r_min)) and
+  w* = round(sqrt(a / r_max)) (round is monotone). A clipped side equals the grid's, at
+  least as large; the side recomputed beside it, round(a / F) or round(a / T), is then
+  larger than the unclipped one (sqrt(a r) > F gives a / F > sqrt(a / r)), so
+  h * w >= min(F, h*) * min(T, w*).
+  """
+  height, width = grid
+  a = scale[0] * height * width
+  h = max(1, min(height, _round_at_least(math.sqrt(a * aspect[0]))))
+  w = max(1, min(width, _round_at_least(math.sqrt(a / aspect[1]))))
+  return h * w
+
+
 def place(rng, grid, h, w, count: int):
   """Top-left corners of `count` blocks per sample, uniform where a block fits."""
   kt, kl = jax.random.split(rng)
@@ -193,6 +215,10 @@ def time_block_bound(grid, scale) -> int:
   return grid[0] * max(1, min(grid[1], int(math.floor(scale[1] * grid[1] + 0.5))))
 
 
+def time_block_lower_bound(grid, scale) -> int:
+  return grid[0] * max(1, min(grid[1], _round_at_least(scale[0] * grid[1])))
+
+
 def constrained_block(rng, grid, n: int, size_fn, acceptable, min_context: int,
                       min_survival: float, attempts: int):
   """A block (one size per sample, `attempts` corners) cut to the acceptable region.
@@ -242,13 +268,15 @@ def unstructured(rng, n, grid, cfg, step=0, total_steps=1) -> MaskSet:
 
 
 def _targets_and_context(rng, grid, n, target_hw, num_targets, removed_of, context_size,
-                         target_bound, cfg_section, attempts):
+                         target_bounds, cfg_section, attempts):
   """Shared by the block strategies: place the target blocks, remove
   `removed_of(targets, rows, cols)` from the acceptable region and cut a context block
   to it. Where even the best draw keeps fewer than min_context patches, the context
   falls back to every patch outside the target blocks. Returns packed (context_idx,
-  context_valid, target_idx, target_valid); context slots are F * T (the fallback can
-  use any patch)."""
+  context_valid, target_idx, target_valid). `target_bounds` = (least, most) patches of
+  one target block: the context never holds a target patch (every removal covers the
+  targets, and so does the fallback), so F * T - least slots hold it; the context
+  encoder runs on no more padding than that."""
   kp, kc = jax.random.split(rng)
   h, w = target_hw
   top, left = place(kp, grid, h, w, num_targets)
@@ -261,7 +289,8 @@ def _targets_and_context(rng, grid, n, target_hw, num_targets, removed_of, conte
                               cfg_section.get("min_survival", 0.0), attempts)
   short = context.sum((-2, -1)) < cfg_section.min_context
   context = jnp.where(short[:, None, None], ~targets.any(1), context)
-  return (*pack(_flat(context), grid[0] * grid[1]), *pack(_flat(targets), target_bound))
+  least, most = target_bounds
+  return (*pack(_flat(context), grid[0] * grid[1] - least), *pack(_flat(targets), most))
 
 
 def multi_block(rng, n, grid, cfg, step=0, total_steps=1) -> MaskSet:
@@ -273,7 +302,11 @@ def multi_block(rng, n, grid, cfg, step=0, total_steps=1) -> MaskSet:
   return _set(*_targets_and_context(
       kb, grid, n, block_size(ks, n, grid, scale, aspect), p.num_targets,
       lambda t, r, c: t, lambda k, m: block_size(k, m, grid, cscale, caspect),
-      block_area_bound(grid, scale, aspect), p, cfg.attempts))
+      _block_bounds(grid, scale, aspect), p, cfg.attempts))
+
+
+def _block_bounds(grid, scale, aspect) -> tuple[int, int]:
+  return block_area_lower_bound(grid, scale, aspect), block_area_bound(grid, scale, aspect)
 
 
 def time(rng, n, grid, cfg, step=0, total_steps=1) -> MaskSet:
@@ -284,8 +317,8 @@ def time(rng, n, grid, cfg, step=0, total_steps=1) -> MaskSet:
   scale, cscale = _pair(p.target_scale), _pair(p.context_scale)
   return _set(*_targets_and_context(
       kb, grid, n, time_block_size(ks, n, grid, scale), p.num_targets, lambda t, r, c: t,
-      lambda k, m: time_block_size(k, m, grid, cscale), time_block_bound(grid, scale), p,
-      cfg.attempts))
+      lambda k, m: time_block_size(k, m, grid, cscale),
+      (time_block_lower_bound(grid, scale), time_block_bound(grid, scale)), p, cfg.attempts))
 
 
 def _removal(kind: str, rng, n: int, num_targets: int):
@@ -313,7 +346,7 @@ def time_frequency_aware(rng, n, grid, cfg, step=0, total_steps=1) -> MaskSet:
       kb, grid, n, block_size(ks, n, grid, scale, aspect), p.num_targets,
       _removal(p.removal, kr, n, p.num_targets),
       lambda k, m: block_size(k, m, grid, cscale, caspect),
-      block_area_bound(grid, scale, aspect), p, cfg.attempts))
+      _block_bounds(grid, scale, aspect), p, cfg.attempts))
 
 
 def competence(step, total_steps: int, c0: float):
