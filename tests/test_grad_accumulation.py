@@ -239,7 +239,9 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_loss():
 # ------------------------------------------------------------- attention backend
 
 
-def test_attention_impl_reaches_dot_product_attention(monkeypatch):
+def test_attention_impl_picks_the_attention(monkeypatch):
+  """'xla' goes to jax.nn.dot_product_attention; '' and 'dense' to dense_attention on CPU;
+  the outputs agree."""
   seen = []
   real = jax.nn.dot_product_attention
 
@@ -253,14 +255,17 @@ def test_attention_impl_reaches_dot_product_attention(monkeypatch):
   n = encoder.grid[0] * encoder.grid[1]
   tokens = jax.random.normal(jax.random.key(1), (2, n, 16 * 16))
   outputs = {}
-  for impl in ("", "xla"):
+  for impl in ("", "dense", "xla"):
     config = tiny_config()
     config.model.attention_impl = impl
     encoder = models.build_encoder(config, shapes.grid(config))
     seen.clear()
     outputs[impl] = jax.jit(encoder.apply)({"params": params}, tokens)
-    assert seen == [impl or None] * config.model.depth
-  np.testing.assert_array_equal(outputs["xla"], outputs[""])  # "" is XLA's attention
+    on_cpu_dense = impl == "dense" or (impl == "" and jax.default_backend() == "cpu")
+    assert seen == ([] if on_cpu_dense else [impl or None] * config.model.depth)
+  np.testing.assert_allclose(outputs["xla"], outputs["dense"], rtol=1e-5, atol=1e-5)
+  if jax.default_backend() == "cpu":
+    np.testing.assert_array_equal(outputs[""], outputs["dense"])
 
 
 def test_cudnn_attention_needs_a_gpu_and_bfloat16():

@@ -1,4 +1,6 @@
-"""Local (shifted-window) attention against a dense masked reference built the Swin way."""
+"""Attention against references: the dense formulation against NumPy's softmax and jax's
+dot_product_attention (values and gradients, masks included); local (shifted-window)
+attention against a dense masked reference built the Swin way."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -123,3 +125,37 @@ def test_partition_and_merge_are_inverse():
 def test_bad_windows_are_refused(size, shift, match):
   with pytest.raises(ValueError, match=match):
     attention.Windows((4, 8), size, shift)
+
+
+def numpy_attention(q, k, v, mask):
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(np.broadcast_to(mask, scores.shape), scores, -np.inf)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+@pytest.mark.parametrize("mask_shape", [(3, 1, 1, 9), (3, 2, 9, 9)])
+def test_dense_attention_equals_softmax_attention_and_its_gradients(mask_shape):
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 3, 9, 2, 8))
+  mask = jax.random.uniform(jax.random.key(1), mask_shape) > 0.4
+  mask = mask.at[..., 0].set(True)  # every query keeps a key
+  np.testing.assert_allclose(attention.dense_attention(q, k, v, mask),
+                             numpy_attention(q, k, v, mask), rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(2), q.shape)
+  grads = [jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v, mask) * cotangent), argnums=(0, 1, 2))(
+      q, k, v) for fn in (attention.dense_attention,
+                          lambda q, k, v, m: jax.nn.dot_product_attention(
+                              q, k, v, mask=m, implementation="xla"))]
+  for dense, xla in zip(*grads):
+    np.testing.assert_allclose(dense, xla, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_attention_keeps_the_dtype_and_a_query_without_keys_averages():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 1, 4, 1, 8))
+  assert attention.dense_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)),
+                                   None).dtype == jnp.bfloat16
+  none = jnp.zeros((1, 1, 4, 4), bool)
+  np.testing.assert_allclose(attention.dense_attention(q, k, v, none),
+                             jnp.broadcast_to(v.mean(1, keepdims=True), v.shape), rtol=1e-6)

@@ -10,7 +10,7 @@ import ml_collections
 from data_pipelines import frontends
 from jepa_jax import masks, models, objectives
 from jepa_jax.config import fields, shapes
-from jepa_jax.models import vit
+from jepa_jax.models import attention, vit
 from jepa_jax.parallel import distributed
 
 
@@ -124,12 +124,13 @@ def _model_errors(config: ml_collections.ConfigDict, grid: tuple[int, int] | Non
   m = config.model
   _check(e, m.dtype in models.DTYPES,
          f"model.dtype {m.dtype!r} unknown; known: {sorted(models.DTYPES)}")
-  _check(e, m.attention_impl in ("", "xla", "cudnn"),
-         f"model.attention_impl must be '', 'xla' or 'cudnn', got {m.attention_impl!r}")
+  _check(e, m.attention_impl in attention.IMPLEMENTATIONS,
+         f"model.attention_impl must be one of {attention.IMPLEMENTATIONS} ('': dense on "
+         f"CPU, jax's choice elsewhere), got {m.attention_impl!r}")
   if m.attention_impl == "cudnn":  # cuDNN flash attention: GPU and bf16 / fp16 only
     backend = jax.default_backend()
     _check(e, backend == "gpu", f"model.attention_impl 'cudnn' needs a GPU, but jax's backend "
-           f"is {backend!r}; use '' or 'xla'")
+           f"is {backend!r}; use '', 'dense' or 'xla'")
     _check(e, m.dtype == "bfloat16", f"model.attention_impl 'cudnn' needs "
            f"model.dtype 'bfloat16', got {m.dtype!r}; or use '' or 'xla'")
   _check(e, m.positions in vit.POSITIONS,

@@ -63,12 +63,42 @@ class Windows:
     return region[:, :, None] == region[:, None, :]
 
 
+IMPLEMENTATIONS = ("", "dense", "xla", "cudnn")  # model.attention_impl
+
+
+def dense_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
+                    mask: jnp.ndarray | None) -> jnp.ndarray:
+  """Softmax attention over (B, S, heads, head_dim), normalised after the value product:
+  out = (exp(s - max s) v) / sum exp(s - max s), s = q k / sqrt(head_dim), with scores
+  and sums in float32. Fewer passes over the (S, S) scores than softmax-then-product in
+  both directions (the max is a constant shift, so it needs no gradient): on the 2-core
+  CPU, forward + backward at B=4, S=496, 12 heads of 64 took 96 ms against 182 ms for
+  `jax.nn.dot_product_attention`'s XLA path (issue 21). Keys where the bool `mask`
+  (broadcastable to (B, heads, S, S)) is False get no weight; a query with no key left
+  spreads evenly over all (as jax's)."""
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), k,
+                      preferred_element_type=jnp.float32)
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.float32(-1e30))
+  weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32)
+  total = jnp.swapaxes(weights.sum(-1), 1, 2)[..., None]  # (B, S, heads, 1)
+  return (out / total).astype(q.dtype)
+
+
 def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
                      implementation: str | None) -> jnp.ndarray:
-  """Self-attention over (B, S, heads, head_dim) by `jax.nn.dot_product_attention`, with a
-  bool `mask` broadcastable to (B, heads, S, S) or None. cuDNN takes a mask as a bias of
-  the whole (S, S) shape and only an even S: an odd sequence gets one more token that no
-  query attends to, dropped from the output."""
+  """Self-attention over (B, S, heads, head_dim) with a bool `mask` broadcastable to
+  (B, heads, S, S) or None, by `implementation`: 'dense' (dense_attention), 'xla' or
+  'cudnn' (`jax.nn.dot_product_attention`'s), or None: dense on CPU, where it is the
+  fastest measured, else jax's own choice. cuDNN takes a mask as a bias of the whole
+  (S, S) shape and only an even S: an odd sequence gets one more token that no query
+  attends to, dropped from the output."""
+  if implementation is None and jax.default_backend() == "cpu":
+    implementation = "dense"
+  if implementation == "dense":
+    return dense_attention(q, k, v, mask)
   n, pad = q.shape[1], q.shape[1] % 2
   if implementation != "cudnn" or (mask is None and not pad):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
@@ -85,7 +115,7 @@ class Attention(nn.Module):
   switches keys off."""
   num_heads: int
   dtype: layers.Dtype = jnp.float32
-  implementation: str | None = None  # None lets jax choose; 'xla' or 'cudnn'
+  implementation: str | None = None  # see masked_attention
   windows: Windows | None = None
 
   @nn.compact

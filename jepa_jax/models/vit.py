@@ -2,8 +2,8 @@
 
 Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'kv', 'patch');
 mesh.py maps them to mesh axes by the rules in the config, so model code never names
-a device axis. attention.Attention goes through `jax.nn.dot_product_attention` with an optional
-key mask: padded tokens and block masks switch keys off in every layer; A-JEPA's
+a device axis. attention.Attention (attention.masked_attention) takes an optional key
+mask: padded tokens and block masks switch keys off in every layer; A-JEPA's
 regularised masking (fine-tuning only) switches off a different random set of keys in
 each layer, through the same mask (`regularised_key_masks`, `layer_key_masks`).
 attention.Attention is global, or local to windows of the (frequency, time) token grid with
