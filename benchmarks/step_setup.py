@@ -45,6 +45,13 @@ class BenchmarkStep:
   compile_s: float  # the train step's compile time
 
 
+def optimizer_of(config, objective):
+  """(optax transformation, schedules) of the config's optimizer (and EMA target) over
+  1000 steps, 10 of them warm-up."""
+  return optimizer.make_optimizer(config.optim, config.get("ema"), config.train.batch_size,
+                                  1000, 10, objective.ema_subtree)
+
+
 def compiled_step(config, total_steps: int = 1) -> tuple[object, update.CompiledStep, float]:
   """(objective, compiled step, compile seconds) for `config.train.batch_size` clips on the
   config's mesh, from abstract shapes (nothing allocated); the schedules (lr, EMA,
@@ -52,9 +59,7 @@ def compiled_step(config, total_steps: int = 1) -> tuple[object, update.Compiled
   optimizer: lengths change values, not shapes or memory."""
   config = fit.resolved(config, 1, "none")  # the whole batch, unless the caller split it
   objective = objectives.build(config, total_steps)
-  tx, schedules = optimizer.make_optimizer(config.optim, config.get("ema"),
-                                           config.train.batch_size, 1000, 10,
-                                           objective.ema_subtree)
+  tx, schedules = optimizer_of(config, objective)
   t = time.perf_counter()
   compiled = update.compile_step(config, objective, tx, schedules,
                                  mesh_lib.make_mesh(config.mesh), shapes.input_shape(config)[0],
