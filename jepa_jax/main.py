@@ -33,8 +33,8 @@ from data_pipelines import cli_flags as cli
 from jepa_jax import objectives
 from jepa_jax.config import fields, validation
 from jepa_jax.evaluation import suite
-from jepa_jax.parallel import distributed
-from jepa_jax.training import datasets, fit, loop
+from jepa_jax.parallel import distributed, memory
+from jepa_jax.training import datasets, loop
 
 
 def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
   try:
     result = loop.train(config, workdir)
   except (fields.ConfigError, datasets.DataError, loop.IncompatibleWorkdirError,
-          loop.NonFiniteLossError, fit.OutOfMemoryError) as err:
+          loop.NonFiniteLossError, memory.OutOfMemoryError) as err:
     cli.fail(str(err))
   primary = distributed.is_primary()
   if result.interrupted:
@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
             f"saved in {workdir}; run the same command to resume", file=sys.stderr)
     sys.exit(cli.INTERRUPTED)
   if primary:
-    print(json.dumps(summary(config, result, workdir, args.probe)))
+    try:
+      print(json.dumps(summary(config, result, workdir, args.probe)))
+    except memory.OutOfMemoryError as err:  # the probe's embeddings; the run is saved
+      cli.fail(f"{err} (training finished and is saved in {workdir})")
   # Process 0 alone probes, on its own devices; the others wait for it here rather than
   # leave the distributed runtime under it.
   distributed.barrier("probed")

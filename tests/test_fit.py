@@ -75,7 +75,7 @@ def test_auto_splits_the_batch_under_a_small_budget_and_runs_as_that_split(
   config = _small(checkpoint_every=100)
   whole, quarters = _needed(config, 1), _needed(config, 4)
   assert quarters < whole
-  budget = (whole + quarters) / 2 / fit.MARGIN  # the whole batch does not fit, quarters do
+  budget = (whole + quarters) / 2 / memory.MARGIN  # the whole batch does not fit, quarters do
   monkeypatch.setenv(memory.BUDGET_ENV, str(budget / memory.GIB))
   auto = loop.train(config, tmp_path / "auto")
   chosen = [line for line in capsys.readouterr().err.splitlines()
@@ -98,7 +98,7 @@ def test_a_step_that_cannot_fit_stops_before_training_with_one_line(tmp_path, mo
                                                                    capsys):
   monkeypatch.setenv(memory.BUDGET_ENV, str(1000 / memory.GIB))  # 1000 bytes a device
   config = _small()
-  with pytest.raises(fit.OutOfMemoryError) as err:
+  with pytest.raises(memory.OutOfMemoryError) as err:
     loop.train(config, tmp_path / "run")
   message = str(err.value)
   # 'auto' tried the most micro-batches and remat: what is left is more devices per copy.

@@ -7,6 +7,7 @@ frequency tokens can be averaged instead (`freq_pool='mean'`, width-d embeddings
 """
 import functools
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import numpy as np
 
 from jepa_jax.models import patches as patches_lib
 from jepa_jax.models import vit
+from jepa_jax.parallel import memory
 
 
 def chunk(mels: list[np.ndarray], frames: int, patch_frames: int, pad_value):
@@ -63,18 +65,43 @@ def _time_steps(encoder: vit.Encoder, params, chunks, freq_pool: str):
   return z.reshape(chunks.shape[0], gt, -1) if freq_pool == "concat" else z.mean(2)
 
 
+_COMPILED: dict = {}  # (encoder, parameter shapes, chunk shape, batch, freq_pool) -> (b, fn)
+
+
+def fitted_time_steps(encoder: vit.Encoder, params, chunk_shape: tuple[int, int],
+                      batch_size: int, freq_pool: str) -> tuple[int, object]:
+  """(b, compiled _time_steps for b chunks of `chunk_shape`): b = `batch_size`, or the
+  largest smaller batch that fits the device's memory (said once on stderr). Cached: one
+  choice and compile per encoder, shapes and batch."""
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  key = (encoder, str(shapes), chunk_shape, batch_size, freq_pool)
+  if key not in _COMPILED:
+    def compile_at(b: int):
+      chunks = jax.ShapeDtypeStruct((b, *chunk_shape), jnp.float32)
+      return _time_steps.lower(encoder, shapes, chunks, freq_pool).compile()
+
+    b, compiled = memory.fitted_batch(compile_at, batch_size, jax.local_devices()[:1],
+                                      "embedding one chunk")
+    if b < batch_size:
+      print(f"memory: embedding {b} chunks at a time, not {batch_size}: {batch_size} would "
+            f"need more than the device has", file=sys.stderr, flush=True)
+    _COMPILED[key] = (b, compiled)
+  return _COMPILED[key]
+
+
 def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames: int,
                      pad_value, batch_size: int = 64, freq_pool: str = "concat"
                      ) -> list[np.ndarray]:
   """Per clip, (time patches holding audio, D) embeddings, one per time patch of the
-  `frames`-long chunks laid end to end. Batches of chunks are padded to `batch_size`:
-  one compiled shape whatever the clips' lengths."""
+  `frames`-long chunks laid end to end. Batches of chunks are padded to `batch_size`, or
+  the largest smaller batch that fits the device: one compiled shape whatever the clips'
+  lengths, and the same embeddings whatever the batch."""
   if freq_pool not in FREQ_POOLS:
     raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(FREQ_POOLS)}")
   chunks, owner, cols = chunk(mels, frames, encoder.patch_shape[1], pad_value)
-  steps = np.concatenate([
-      np.asarray(_time_steps(encoder, params, jnp.asarray(part), freq_pool))[:n]
-      for part, n in padded_batches(chunks, batch_size)])
+  b, time_steps = fitted_time_steps(encoder, params, chunks.shape[1:], batch_size, freq_pool)
+  steps = np.concatenate([np.asarray(time_steps(params, jnp.asarray(part)))[:n]
+                          for part, n in padded_batches(chunks, b)])
   return [np.concatenate([steps[c, :cols[c]] for c in np.flatnonzero(owner == i)])
           for i in range(len(mels))]
 

@@ -69,6 +69,7 @@ from jepa_jax.models import attention, layers, vit
 from jepa_jax.models import patches as patches_lib
 from jepa_jax.objectives import mixing
 from jepa_jax.optim import layerwise, optimizer
+from jepa_jax.parallel import memory
 
 
 class Classifier(nn.Module):
@@ -243,6 +244,32 @@ def compiled(encoder: vit.Encoder, classifier: Classifier, opts: StepOptions,
       copy=jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=repl))
 
 
+def check_memory(fns: Compiled, encoder_params, batch_size: int, mel_shape: tuple[int, int],
+                 num_classes: int, mesh: jax.sharding.Mesh) -> None:
+  """Compile the train step for its shapes (jit's cache keeps it for the first step) and
+  stop with one line where it does not fit a device: what it needs and has, and a
+  finetune.batch_size estimated to fit (fine-tuning changes no batch by itself: mixup
+  and the lr scaling depend on it)."""
+  sds = jax.ShapeDtypeStruct
+  params, opt_state = jax.eval_shape(fns.init, encoder_params, jax.random.key(0))
+  batch = {"mel": sds((batch_size, *mel_shape), jnp.float32),
+           "y": sds((batch_size, num_classes), jnp.float32),
+           "w": sds((batch_size,), jnp.float32)}
+  step = fns.step.lower(params, opt_state, batch, sds((), jnp.float32),
+                        jax.eval_shape(lambda: jax.random.key(0)), sds((), jnp.int32)).compile()
+  budget = memory.budget_bytes(mesh.devices.flat)
+  needed = memory.needed_bytes(step)
+  if budget is None or needed <= budget:
+    return
+  fits = memory.rows_estimated_to_fit(step, batch_size, budget)
+  advice = f"--finetune=batch_size={fits} is estimated to fit (the lr scales with it)" \
+      if fits else "not even one clip a step fits: a smaller encoder or a larger device"
+  raise memory.OutOfMemoryError(
+      f"fine-tuning at finetune.batch_size {batch_size} needs {memory.readable(needed)} per "
+      f"device (XLA's memory analysis) and a device has {memory.readable(budget)} usable; "
+      f"{advice}")
+
+
 # ---- data (NumPy, host side) ----
 
 def balanced_weights(y: np.ndarray) -> np.ndarray:
@@ -394,6 +421,7 @@ def finetune_task(encoder: vit.Encoder, params, frontend_meta: dict,
   y = labels if task.multilabel else np.eye(num_classes, dtype=np.float32)[labels]
   mesh = _data_mesh(s.batch_size)
   fns = compiled(encoder, Classifier(num_classes), StepOptions.of(s, task.multilabel), mesh)
+  check_memory(fns, params, s.batch_size, (encoder.grid[0] * pf, frames), num_classes, mesh)
   # Exported parameters arrive on one device; the steps take them replicated on the mesh.
   params = jax.device_put(params, NamedSharding(mesh, P()))
   run = _Run(encoder, fns, s, y.astype(np.float32), labels, task.multilabel)

@@ -8,8 +8,8 @@ from its activations, one more compile to confirm), then `remat='auto'` (encoder
 predictor, decoder) recomputes block activations in the backward pass. The global batch
 and the learning rate stay as configured. Micro-batches keep the math only for objectives
 whose loss is a mean of per-example terms (`objective.splits_batch`); for the others
-'auto' tries remat alone. Where nothing fits, OutOfMemoryError names what the step needs,
-what a device has and the settings that would fit, and nothing has been written.
+'auto' tries remat alone. Where nothing fits, memory.OutOfMemoryError names what the step
+needs, what a device has and the settings that would fit, and nothing has been written.
 """
 import copy
 from collections.abc import Callable
@@ -18,14 +18,7 @@ import ml_collections
 
 from jepa_jax.parallel import memory
 
-# The share of a device's memory a step may plan on: the rest is for the runtime, the
-# next batch and fragmentation.
-MARGIN = 0.85
 STACKS = ("model", "predictor", "decoder")
-
-
-class OutOfMemoryError(RuntimeError):
-  """The train step does not fit in the devices' memory with any allowed setting."""
 
 
 def is_auto(config: ml_collections.ConfigDict) -> tuple[bool, bool]:
@@ -102,7 +95,7 @@ def fit(config: ml_collections.ConfigDict, mesh, splits_batch: Callable, build: 
   the objective's loss is a mean over examples."""
   auto_k, auto_remat = is_auto(config)
   available = memory.available_bytes(mesh.devices.flat)
-  budget = None if available is None else int(MARGIN * available)
+  budget = None if available is None else int(memory.MARGIN * available)
 
   def attempt(k: int, remat: str):
     trial = resolved(config, k, remat)
@@ -124,11 +117,11 @@ def fit(config: ml_collections.ConfigDict, mesh, splits_batch: Callable, build: 
     trial, built, needed, temporary = attempt(k, remat)
   platform = mesh.devices.flat[0].platform
   if budget is not None and needed > budget:
-    raise OutOfMemoryError(
+    raise memory.OutOfMemoryError(
         f"the train step needs {memory.readable(needed)} per device (XLA's memory analysis, "
         f"micro_batches {k}, remat {trial.model.remat}) and each {platform} device has "
-        f"{memory.readable(available)} ({int(MARGIN * 100)} % usable); settings that would "
-        f"fit: " + "; or ".join(_suggestions(trial, mesh, splits, needed, temporary, k,
+        f"{memory.readable(available)} ({int(memory.MARGIN * 100)} % usable); settings that "
+        f"would fit: " + "; or ".join(_suggestions(trial, mesh, splits, needed, temporary, k,
                                              budget)))
   if auto_k or auto_remat:
     have = "unknown" if available is None else memory.readable(available)
