@@ -15,7 +15,8 @@ after 2 warm-up calls:
   predictor  the predictor / decoder forward and backward (full grid or queries);
   loss       target standardisation, distance and masked mean, forward and backward;
   update     AdamW (and the EMA target) on a gradient of the parameters' shapes.
-Then the whole compiled train step. Per row: milliseconds, XLA's cost_analysis GFLOP and
+Then the whole compiled train steps, every config's in turn (--rounds medians; the shared
+machine's slow spells then fall on all alike). Per row: milliseconds, XLA's cost_analysis GFLOP and
 its memory analysis (arguments + temporaries + outputs not aliased, MiB). A part's
 memory is its own peak, not its share of the step's.
 
@@ -26,7 +27,9 @@ AudioMAE's). Prints the tables and writes JSON (--out).
 """
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -42,7 +45,7 @@ from jepa_jax import masks  # noqa: E402
 from jepa_jax.config import fields, shapes  # noqa: E402
 from jepa_jax.models import patches  # noqa: E402
 from jepa_jax.objectives import losses  # noqa: E402
-from jepa_jax.parallel import memory  # noqa: E402
+from jepa_jax.parallel import allocator, memory  # noqa: E402
 
 flags.DEFINE_list("configs", ["configs/ajepa.py", "configs/audiomae.py"],
                   "configs (path[:variant]) to profile")
@@ -50,6 +53,7 @@ flags.DEFINE_string("reference", "configs/audiomae.py", "the config (one of --co
                     "whose step the others' are compared with")
 flags.DEFINE_integer("batch", 4, "global batch of every config")
 flags.DEFINE_integer("steps", 3, "timed calls per part, after 2 warm-up calls")
+flags.DEFINE_integer("rounds", 5, "timed steps of each config, in turn with the others'")
 flags.DEFINE_string("out", "benchmarks/results/step_parts.json", "JSON output")
 FLAGS = flags.FLAGS
 
@@ -75,8 +79,9 @@ def _backward(apply, params, *inputs):
   return jax.grad(loss, argnums=(0, 1))(params, inputs[0])
 
 
-def profile_parts(config, batch: int, steps: int) -> dict:
-  """{part: {ms, gflop, mib}} of one config's train step at `batch` clips, and 'step'."""
+def profile_parts(config, batch: int, steps: int):
+  """({part: {ms, gflop, mib}} of one config's train step at `batch` clips, with 'step'
+  (its time left to interleaved_step_ms), a function that runs one step)."""
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch
   setup = step_setup.benchmark_step(config)
@@ -148,19 +153,32 @@ def profile_parts(config, batch: int, steps: int) -> dict:
   compiled = setup.compiled.step
   cost = compiled.cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
-  data = setup.batch
   step_state = state
 
-  def run():
+  def run_step():
     nonlocal step_state
-    step_state, metrics = compiled(step_state, data)
+    step_state, metrics = compiled(step_state, setup.batch)
     jax.block_until_ready(metrics)
 
-  parts["step"] = {"ms": 1e3 * step_setup.median_seconds(run, steps, WARMUP),
-                   "gflop": flops / 1e9, "mib": memory.needed_bytes(compiled) / 2**20}
-  return {"batch": batch, "grid": list(grid), "mask_slots": {"context": nc, "target": nt,
-                                                             "sets": k, "groups": groups},
-          "parts": parts}
+  for _ in range(WARMUP):
+    run_step()
+  parts["step"] = {"ms": float("nan"), "gflop": flops / 1e9,
+                   "mib": memory.needed_bytes(compiled) / 2**20}
+  row = {"batch": batch, "grid": list(grid), "parts": parts,
+         "mask_slots": {"context": nc, "target": nt, "sets": k, "groups": groups}}
+  return row, run_step
+
+
+def interleaved_step_ms(runs: dict, rounds: int) -> dict:
+  """{name: median ms} of each config's step, timed in turn (A, B, A, B, ...) for
+  `rounds` rounds, so that the shared machine's slow spells fall on every config alike."""
+  times = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      t = time.perf_counter()
+      run()
+      times[name].append(1e3 * (time.perf_counter() - t))
+  return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 PARTS = ("masks", "context", "target", "predictor", "loss", "update")
@@ -198,9 +216,11 @@ def main(argv):
   del argv
   if FLAGS.reference not in FLAGS.configs:
     sys.exit(f"--reference {FLAGS.reference} is not among --configs {FLAGS.configs}")
-  rows = {}
+  rows, runs = {}, {}
   for name in FLAGS.configs:
-    rows[name] = profile_parts(fields.load(name), FLAGS.batch, FLAGS.steps)
+    rows[name], runs[name] = profile_parts(fields.load(name), FLAGS.batch, FLAGS.steps)
+  for name, ms in interleaved_step_ms(runs, FLAGS.rounds).items():
+    rows[name]["parts"]["step"]["ms"] = ms
     print_parts(name, rows[name])
   result = ratios(rows, FLAGS.reference)
   print(f"\nsteps against {FLAGS.reference} on {jax.device_count()} x {jax.devices()[0].device_kind}")
@@ -216,4 +236,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  allocator.use_caching_allocator()  # what the commands run with (JEPA_JAX_MALLOC=system: not)
   app.run(main)

@@ -47,7 +47,7 @@ from ml_collections import config_flags  # noqa: E402
 from benchmarks import step_setup  # noqa: E402
 from jepa_jax import models  # noqa: E402
 from jepa_jax.config import shapes, validation  # noqa: E402
-from jepa_jax.parallel import memory  # noqa: E402
+from jepa_jax.parallel import allocator, memory  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
 flags.DEFINE_list("batch_sizes", ["32"], "global batch sizes of the batch table; the first "
@@ -231,4 +231,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+  allocator.use_caching_allocator()  # what the commands run with (JEPA_JAX_MALLOC=system: not)
   app.run(main)

@@ -6,7 +6,7 @@ from absl import flags
 
 from data_pipelines import cli_flags as cli
 from jepa_jax.evaluation import embeddings, features
-from jepa_jax.parallel import memory
+from jepa_jax.parallel import allocator, memory
 
 
 def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
@@ -38,4 +38,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+  allocator.use_caching_allocator()
   main()

@@ -9,7 +9,7 @@ from absl import flags
 
 from data_pipelines import cli_flags as cli
 from jepa_jax.evaluation import embeddings, features, frozen, report, suite
-from jepa_jax.parallel import memory
+from jepa_jax.parallel import allocator, memory
 
 
 def settings(text: str) -> dict:
@@ -77,4 +77,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+  allocator.use_caching_allocator()
   main()

@@ -33,7 +33,7 @@ from data_pipelines import cli_flags as cli
 from jepa_jax import objectives
 from jepa_jax.config import fields, validation
 from jepa_jax.evaluation import suite
-from jepa_jax.parallel import distributed, memory
+from jepa_jax.parallel import allocator, distributed, memory
 from jepa_jax.training import datasets, loop
 
 
@@ -138,4 +138,5 @@ def summary(config, result, workdir: str, probe: bool) -> dict:
 
 
 if __name__ == "__main__":
+  allocator.use_caching_allocator()
   main()

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import step_setup
+from benchmarks import step_parts, step_setup
 from jepa_jax.config import fields, shapes
 from tests.tiny import tiny_config, tiny_mae_config
 
@@ -79,3 +79,26 @@ def test_torch_step_says_what_it_does_not_model():
   torch_step = pytest.importorskip("benchmarks.torch_step")
   with pytest.raises(torch_step.Unsupported, match="local-window attention"):
     torch_step.TorchStep(tiny_mae_config(), batch=4, device="cpu")
+
+
+@pytest.mark.parametrize("make, parts", [
+    (tiny_config, {"masks", "context", "target", "predictor", "loss", "update", "step"}),
+    (tiny_mae_config, {"masks", "context", "predictor", "loss", "update", "step"})])
+def test_step_parts_cover_the_step(make, parts):
+  """Every part is timed and measured, and together they hold the step's FLOPs (the parts'
+  backward passes also take the first input's gradient, a little more)."""
+  row, run_step = step_parts.profile_parts(make(), batch=2, steps=1)
+  assert set(row["parts"]) == parts
+  ms = step_parts.interleaved_step_ms({"a": run_step}, rounds=2)["a"]
+  assert ms > 0 and all(row["parts"][p]["ms"] > 0 for p in parts - {"step"})
+  total = sum(row["parts"][p]["gflop"] for p in parts - {"step"})
+  assert 0.9 <= total / row["parts"]["step"]["gflop"] <= 1.3
+
+
+def test_step_ratios_against_the_reference():
+  rows = {name: {"parts": {"step": {"ms": ms, "gflop": gflop}}}
+          for name, ms, gflop in (("ajepa", 300.0, 20.0), ("mae", 100.0, 8.0))}
+  r = step_parts.ratios(rows, "mae")
+  assert r["mae"] == {"time_ratio": 1.0, "flops_ratio": 1.0, "time_over_flops": 1.0}
+  assert r["ajepa"]["time_ratio"] == 3.0 and r["ajepa"]["flops_ratio"] == 2.5
+  assert r["ajepa"]["time_over_flops"] == pytest.approx(1.2)

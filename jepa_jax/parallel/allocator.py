@@ -1,0 +1,49 @@
+"""A caching memory allocator for the commands on Linux.
+
+XLA's CPU runtime allocates a step's temporaries afresh each step, and glibc's malloc
+gives every allocation over 32 MiB straight back to the kernel when it is freed, so each
+step faults all of its temporaries in again. Measured on the 2-core CPU machine, the
+A-JEPA paper step at batch 4: 1.4 million page faults and 2.4-5 s of system time in an
+8-10 s step; under tcmalloc, which keeps freed memory for the next step, no faults and
+steps 25-35 % shorter (A-JEPA 6.6-7.1 s, AudioMAE 2.9-3.5 s against 3.9-4.1 s). Where
+tcmalloc is installed (Debian / Ubuntu: `libtcmalloc-minimal4`; Colab preloads it
+already), the commands (`python -m jepa_jax.main`, `.evaluate`, `.embed`) execute
+themselves again once with it preloaded; `JEPA_JAX_MALLOC=system` keeps the system's.
+Nothing changes in what is computed, only where freed memory waits.
+"""
+import ctypes.util
+import os
+import sys
+from collections.abc import Callable, Mapping
+
+ENV = "JEPA_JAX_MALLOC"
+LIBRARIES = ("tcmalloc_minimal", "tcmalloc")  # ctypes.util.find_library names, first wins
+CACHING = ("tcmalloc", "jemalloc", "mimalloc")  # already preloaded: nothing to do
+
+
+def preload_plan(environ: Mapping[str, str], platform: str,
+                 find_library: Callable[[str], str | None]) -> str | None:
+  """The LD_PRELOAD to execute again with, or None: not Linux, `JEPA_JAX_MALLOC=system`,
+  a caching allocator already preloaded (so a second execution never plans a third), or
+  none installed."""
+  preload = environ.get("LD_PRELOAD", "")
+  if not platform.startswith("linux") or environ.get(ENV) == "system" \
+      or any(name in preload for name in CACHING):
+    return None
+  found = next((lib for lib in map(find_library, LIBRARIES) if lib), None)
+  if found is None:
+    return None
+  return f"{found}:{preload}" if preload else found
+
+
+def use_caching_allocator() -> None:
+  """Execute this command again with tcmalloc preloaded, where preload_plan says so
+  (same process id, arguments and environment otherwise). Call it first thing in a
+  command's `__main__` block, before any device is used."""
+  plan = preload_plan(os.environ, sys.platform, ctypes.util.find_library)
+  if plan is None:
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+            {**os.environ, "LD_PRELOAD": plan})
