@@ -81,6 +81,26 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(finished_run, tmp_path
   assert steps == [2, 4, 6]
 
 
+def test_a_second_signal_while_the_last_checkpoint_is_written_does_not_kill_the_run(
+    tmp_path, monkeypatch, capsys):
+  """Ctrl-C twice, or a scheduler that repeats SIGTERM: the save completes."""
+  BatchSpy(monkeypatch, stop_after=2)
+  real_wait, handled = checkpoint.Checkpointer.wait, []
+
+  def wait_with_another_signal(self):
+    handler = signal.getsignal(signal.SIGTERM)
+    handled.append(callable(handler))
+    if callable(handler):  # the default handler would kill the test run
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_wait(self)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "wait", wait_with_another_signal)
+  result = loop.train(tiny_config(checkpoint_every=100), tmp_path)
+  assert result.interrupted and result.step == 2 and handled[-1]
+  assert checkpoint.Checkpointer(tmp_path / "checkpoints", 2).latest_step() == 2
+  assert "already stopping; the checkpoint is being saved" in capsys.readouterr().err
+
+
 def test_incompatible_workdir_is_refused_and_left_untouched(finished_run):
   workdir, _, _ = finished_run
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}

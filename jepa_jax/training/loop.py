@@ -96,9 +96,13 @@ class _StopRequest:
       return
     def handler(signum, frame):
       del frame
+      if self.requested:
+        print(f"signal {signum}: already stopping; the checkpoint is being saved",
+              file=sys.stderr, flush=True)
+        return
       self.requested = True
       print(f"signal {signum}: saving a checkpoint and stopping after this step",
-            flush=True)
+            file=sys.stderr, flush=True)
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
       yield self
@@ -205,7 +209,9 @@ def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dic
         ckpt.save(step, state, iterator)
       if stopping:
         break
-  ckpt.wait()
+    # Inside the handler: another SIGTERM / Ctrl-C while the last save is written must not
+    # kill the process half-way through it.
+    ckpt.wait()
   timings["train"] = time.perf_counter() - t
   writer.close()
   return state, last_metrics
