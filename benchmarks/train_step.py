@@ -231,5 +231,5 @@ def main(_):
 
 
 if __name__ == "__main__":
-  allocator.use_caching_allocator()  # what the commands run with (JEPA_JAX_MALLOC=system: not)
+  allocator.use_caching_allocator()  # as the commands: tcmalloc where JEPA_JAX_MALLOC=tcmalloc
   app.run(main)
