@@ -70,9 +70,9 @@ _COMPILED: dict = {}  # (encoder, parameter shapes, chunk shape, batch, freq_poo
 
 def fitted_time_steps(encoder: vit.Encoder, params, chunk_shape: tuple[int, int],
                       batch_size: int, freq_pool: str) -> tuple[int, object]:
-  """(b, compiled _time_steps for b chunks of `chunk_shape`): b = `batch_size`, or the
-  largest smaller batch that fits the device's memory (said once on stderr). Cached: one
-  choice and compile per encoder, shapes and batch."""
+  """(b, compiled _time_steps for b chunks of `chunk_shape`): b = `batch_size`, or a
+  smaller batch that fits the device's memory (memory.fitted_batch; said once on stderr).
+  Cached: one choice and compile per encoder, shapes and batch."""
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   key = (encoder, str(shapes), chunk_shape, batch_size, freq_pool)
   if key not in _COMPILED:
@@ -94,7 +94,7 @@ def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frame
                      ) -> list[np.ndarray]:
   """Per clip, (time patches holding audio, D) embeddings, one per time patch of the
   `frames`-long chunks laid end to end. Batches of chunks are padded to `batch_size`, or
-  the largest smaller batch that fits the device: one compiled shape whatever the clips'
+  a smaller batch that fits the device: one compiled shape whatever the clips'
   lengths, and the same embeddings whatever the batch."""
   if freq_pool not in FREQ_POOLS:
     raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(FREQ_POOLS)}")
