@@ -18,7 +18,9 @@ after 2 warm-up calls:
 Then the whole compiled train steps, every config's in turn (--rounds medians; the shared
 machine's slow spells then fall on all alike). Per row: milliseconds, XLA's cost_analysis GFLOP and
 its memory analysis (arguments + temporaries + outputs not aliased, MiB). A part's
-memory is its own peak, not its share of the step's.
+memory is its own peak, not its share of the step's. Parts run on one device: on a host
+of several, the step's figures are one device's share of a step split over all, and only
+the steps' ratios compare.
 
 Last, every config's step time and XLA FLOPs over the --reference config's: JEPA does more work
 than MAE by design, so its step may take longer, but in proportion to its FLOPs; the

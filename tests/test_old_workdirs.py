@@ -26,8 +26,12 @@ def test_old_mid_run_workdir_resumes_to_the_uninterrupted_parameters(tmp_path):
   shutil.copytree(FIXTURE / "mid_run", workdir)
   result = loop.train(tiny_config(checkpoint_every=100), workdir)
   assert (result.step, result.interrupted) == (6, False)
-  jax.tree.map(np.testing.assert_array_equal, _params(workdir / "export"),
-               _params(FIXTURE / "export"))
+  # Equal up to float reassociation: the fixture's run used jax.nn.dot_product_attention,
+  # today's default on CPU is dense_attention (same math, sums in another order), which
+  # Adam's normalised updates can carry to ~2e-7 in near-zero weights; a resume gone
+  # wrong (other batches or masks) moves weights by the updates themselves, ~1e-4.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               _params(workdir / "export"), _params(FIXTURE / "export"))
 
 
 def test_old_export_evaluates(tmp_path):
