@@ -1,7 +1,7 @@
 """Where a masked-prediction train step spends its time and memory, part by part, for
 several configs at the same batch, and how their steps compare with their FLOPs.
 
-    python benchmarks/step_parts.py                       # configs/ajepa.py, configs/audiomae.py
+    python benchmarks/step_parts.py           # configs/ajepa.py against configs/audiomae.py
     python benchmarks/step_parts.py --configs=configs/ajepa.py,configs/ajepa.py:sets=4,\
         configs/audiomae.py --batch=8 --steps=3
 
@@ -16,14 +16,14 @@ after 2 warm-up calls:
   loss       target standardisation, distance and masked mean, forward and backward;
   update     AdamW (and the EMA target) on a gradient of the parameters' shapes.
 Then the whole compiled train steps, every config's in turn (--rounds medians; the shared
-machine's slow spells then fall on all alike). Per row: milliseconds, XLA's cost_analysis GFLOP and
-its memory analysis (arguments + temporaries + outputs not aliased, MiB). A part's
+machine's slow spells then fall on all alike). Per row: milliseconds, XLA's cost_analysis
+GFLOP and its memory analysis (arguments + temporaries + outputs not aliased, MiB). A part's
 memory is its own peak, not its share of the step's. Parts run on one device: on a host
 of several, the step's figures are one device's share of a step split over all, and only
 the steps' ratios compare.
 
-Last, every config's step time and XLA FLOPs over the --reference config's: JEPA does more work
-than MAE by design, so its step may take longer, but in proportion to its FLOPs; the
+Last, every config's step time and XLA FLOPs over the --reference config's: JEPA does
+more work than MAE by design, so its step may take longer, but in proportion to its FLOPs; the
 column 'time / FLOPs ratio' is that proportion (issue 21 holds A-JEPA's to <= 1.15 x
 AudioMAE's). Prints the tables and writes JSON (--out).
 """
@@ -65,10 +65,9 @@ WARMUP = 2
 def _measure(fn, args: tuple, steps: int) -> dict:
   """Compile `fn` for `args`; its median time, XLA FLOPs and peak memory."""
   compiled = jax.jit(fn).lower(*args).compile()
-  cost = compiled.cost_analysis()
-  flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
   run = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
-  return {"ms": 1e3 * step_setup.median_seconds(run, steps, WARMUP), "gflop": flops / 1e9,
+  return {"ms": 1e3 * step_setup.median_seconds(run, steps, WARMUP),
+          "gflop": step_setup.xla_flops(compiled) / 1e9,
           "mib": memory.needed_bytes(compiled) / 2**20}
 
 
@@ -130,15 +129,12 @@ def profile_parts(config, batch: int, steps: int):
       parts["target"] = _measure(
           lambda p, t, i, v: apply_encoder(p, patches.gather_tokens(t, i), i, v),
           (params["encoder"], tokens, target_idx, target_valid), steps)
-    eps = config.jepa.standardize_eps
     distance = objective.distance
-    target = jnp.zeros(pred.shape, jnp.float32)
-    goal = lambda t: losses.standardize(t, eps) if config.jepa.standardize_targets else t  # noqa: E731
+    standardize, eps = config.jepa.standardize_targets, config.jepa.standardize_eps
   else:
-    eps = config.mae.norm_pix_eps
-    distance = losses.l2
-    target = jnp.zeros(pred.shape, jnp.float32)
-    goal = lambda t: losses.standardize(t, eps)  # noqa: E731
+    distance, standardize, eps = losses.l2, True, config.mae.norm_pix_eps
+  goal = lambda t: losses.standardize(t, eps) if standardize else t  # noqa: E731
+  target = jnp.zeros(pred.shape, jnp.float32)  # values do not change the loss's time
   parts["predictor"] = _measure(lambda p, *a: _backward(apply_head, p, *a),
                                 (params[head_name], *head_inputs), steps)
   parts["loss"] = _measure(
@@ -153,8 +149,6 @@ def profile_parts(config, batch: int, steps: int):
   parts["update"] = _measure(update, (params, state["opt_state"], params), steps)
 
   compiled = setup.compiled.step
-  cost = compiled.cost_analysis()
-  flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
   step_state = state
 
   def run_step():
@@ -164,7 +158,7 @@ def profile_parts(config, batch: int, steps: int):
 
   for _ in range(WARMUP):
     run_step()
-  parts["step"] = {"ms": float("nan"), "gflop": flops / 1e9,
+  parts["step"] = {"ms": float("nan"), "gflop": step_setup.xla_flops(compiled) / 1e9,
                    "mib": memory.needed_bytes(compiled) / 2**20}
   row = {"batch": batch, "grid": list(grid), "parts": parts,
          "mask_slots": {"context": nc, "target": nt, "sets": k, "groups": groups}}
@@ -225,7 +219,8 @@ def main(argv):
     rows[name]["parts"]["step"]["ms"] = ms
     print_parts(name, rows[name])
   result = ratios(rows, FLAGS.reference)
-  print(f"\nsteps against {FLAGS.reference} on {jax.device_count()} x {jax.devices()[0].device_kind}")
+  print(f"\nsteps against {FLAGS.reference} on {jax.device_count()} x "
+        f"{jax.devices()[0].device_kind}")
   print("config | step ms | time ratio | XLA FLOPs ratio | time / FLOPs ratio")
   for name, r in result.items():
     print(f"{name} | {rows[name]['parts']['step']['ms']:.0f} | {r['time_ratio']:.2f} | "

@@ -45,6 +45,12 @@ class BenchmarkStep:
   compile_s: float  # the train step's compile time
 
 
+def xla_flops(compiled) -> float:
+  """XLA's cost_analysis FLOPs of a compiled function (NaN where it gives none)."""
+  cost = compiled.cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+
+
 def optimizer_of(config, objective):
   """(optax transformation, schedules) of the config's optimizer (and EMA target) over
   1000 steps, 10 of them warm-up."""

@@ -92,8 +92,7 @@ def matmul_ceiling(m: int, k: int, n: int, dtype) -> float:
 def time_jax_step(config: ml_collections.ConfigDict, batch: int) -> dict:
   setup = step_setup.benchmark_step(config)
   compiled, state, data = setup.compiled.step, setup.state, setup.batch
-  cost = compiled.cost_analysis()
-  xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+  xla_flops = step_setup.xla_flops(compiled)
 
   def run():
     nonlocal state

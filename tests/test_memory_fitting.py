@@ -83,7 +83,7 @@ def test_fine_tuning_that_does_not_fit_stops_with_a_batch_that_does(monkeypatch)
   fns = finetune.compiled(enc, finetune.Classifier(3), finetune.StepOptions.of(s, False), mesh)
   args = (fns, params, 64, (80, 32), 3, mesh)
   finetune.check_memory(*args)  # the host has room
-  step = fns.step.lower(*_abstract_step_args(fns, params, 64)).compile()
+  step = finetune.compiled_step(fns, params, 64, (80, 32), 3)
   _budget_gb(monkeypatch, memory.needed_bytes(step) * 0.6)
   with pytest.raises(memory.OutOfMemoryError) as err:
     finetune.check_memory(*args)
@@ -92,12 +92,3 @@ def test_fine_tuning_that_does_not_fit_stops_with_a_batch_that_does(monkeypatch)
   suggested = int(line.split("--finetune=batch_size=")[1].split()[0])
   assert 1 <= suggested < 64
   finetune.check_memory(fns, params, suggested, (80, 32), 3, mesh)  # it fits
-
-
-def _abstract_step_args(fns, params, batch: int):
-  sds = jax.ShapeDtypeStruct
-  p, o = jax.eval_shape(fns.init, params, jax.random.key(0))
-  batch = {"mel": sds((batch, 80, 32), np.float32), "y": sds((batch, 3), np.float32),
-           "w": sds((batch,), np.float32)}
-  return p, o, batch, sds((), np.float32), jax.eval_shape(lambda: jax.random.key(0)), \
-      sds((), np.int32)

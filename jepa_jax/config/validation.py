@@ -132,7 +132,7 @@ def _model_errors(config: ml_collections.ConfigDict, grid: tuple[int, int] | Non
     _check(e, backend == "gpu", f"model.attention_impl 'cudnn' needs a GPU, but jax's backend "
            f"is {backend!r}; use '', 'dense' or 'xla'")
     _check(e, m.dtype == "bfloat16", f"model.attention_impl 'cudnn' needs "
-           f"model.dtype 'bfloat16', got {m.dtype!r}; or use '' or 'xla'")
+           f"model.dtype 'bfloat16', got {m.dtype!r}; or use '', 'dense' or 'xla'")
   _check(e, m.positions in vit.POSITIONS,
          f"model.positions must be one of {vit.POSITIONS}, got {m.positions!r}")
   return e

@@ -244,19 +244,25 @@ def compiled(encoder: vit.Encoder, classifier: Classifier, opts: StepOptions,
       copy=jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=repl))
 
 
-def check_memory(fns: Compiled, encoder_params, batch_size: int, mel_shape: tuple[int, int],
-                 num_classes: int, mesh: jax.sharding.Mesh) -> None:
-  """Compile the train step for its shapes (jit's cache keeps it for the first step) and
-  stop with one line where it does not fit a device: what it needs and has, and a
-  finetune.batch_size estimated to fit (fine-tuning changes no batch by itself: mixup
-  and the lr scaling depend on it)."""
+def compiled_step(fns: Compiled, encoder_params, batch_size: int,
+                  mel_shape: tuple[int, int], num_classes: int):
+  """The train step compiled for batches of `batch_size` (n_mels, frames) clips; jit's
+  cache keeps it for the first call."""
   sds = jax.ShapeDtypeStruct
   params, opt_state = jax.eval_shape(fns.init, encoder_params, jax.random.key(0))
   batch = {"mel": sds((batch_size, *mel_shape), jnp.float32),
            "y": sds((batch_size, num_classes), jnp.float32),
            "w": sds((batch_size,), jnp.float32)}
-  step = fns.step.lower(params, opt_state, batch, sds((), jnp.float32),
+  return fns.step.lower(params, opt_state, batch, sds((), jnp.float32),
                         jax.eval_shape(lambda: jax.random.key(0)), sds((), jnp.int32)).compile()
+
+
+def check_memory(fns: Compiled, encoder_params, batch_size: int, mel_shape: tuple[int, int],
+                 num_classes: int, mesh: jax.sharding.Mesh) -> None:
+  """Stop with one line where the train step does not fit a device: what it needs and
+  has, and a finetune.batch_size estimated to fit (fine-tuning changes no batch by
+  itself: mixup and the lr scaling depend on it)."""
+  step = compiled_step(fns, encoder_params, batch_size, mel_shape, num_classes)
   budget = memory.budget_bytes(mesh.devices.flat)
   needed = memory.needed_bytes(step)
   if budget is None or needed <= budget:

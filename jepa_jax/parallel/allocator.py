@@ -7,14 +7,15 @@ A-JEPA paper step at batch 4: 1.4 million page faults and 2.4-5 s of system time
 8-10 s step; under tcmalloc, which keeps freed memory for the next step, no faults and
 steps 25-35 % shorter (A-JEPA 6.6-7.1 s, AudioMAE 2.9-3.5 s against 3.9-4.1 s).
 It is not the default: the paper recipe at batch 64 in 8 micro-batches (11.7 GiB by
-XLA's analysis) stayed at 14.8 GiB resident under glibc for 4 steps, but grew to 23 GiB
+XLA's analysis) stayed at 14.8-15.0 GiB resident under glibc for 5 steps, but grew to 23 GiB
 under tcmalloc at its third step and was killed by the kernel (jemalloc without decay: at
 its second). Likely, not yet verified: the loop queues step n+1 while step n runs, and a
 queued step's buffers, untouched fresh pages under glibc, are already-resident memory
-under a caching allocator, so two steps' temporaries are resident at once. With JEPA_JAX_MALLOC=tcmalloc and the
-library installed (Debian / Ubuntu: `libtcmalloc-minimal4`), the commands
-(`python -m jepa_jax.main`, `.evaluate`, `.embed`) execute themselves again once with it
-preloaded. Nothing changes in what is computed, only where freed memory waits.
+under a caching allocator, so two steps' temporaries are resident at once.
+With JEPA_JAX_MALLOC=tcmalloc and the library installed (Debian / Ubuntu:
+`libtcmalloc-minimal4`), the commands (`python -m jepa_jax.main`, `.evaluate`, `.embed`)
+execute themselves again once with it preloaded. Nothing changes in what is computed, only
+where freed memory waits.
 """
 import ctypes.util
 import os

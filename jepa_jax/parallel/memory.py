@@ -67,10 +67,14 @@ def readable(n: int) -> str:
   return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2 ** 20:.1f} MiB"
 
 
-def budget_bytes(devices) -> int | None:
-  """The memory a compiled function may plan on per device (MARGIN of what is available)."""
-  available = available_bytes(devices)
+def budget_of(available: int | None) -> int | None:
+  """The memory a compiled function may plan on: MARGIN of what is available."""
   return None if available is None else int(MARGIN * available)
+
+
+def budget_bytes(devices) -> int | None:
+  """budget_of what each of `devices` can give."""
+  return budget_of(available_bytes(devices))
 
 
 def fitted_batch(compile_at: Callable[[int], object], batch: int, devices,

@@ -95,7 +95,7 @@ def fit(config: ml_collections.ConfigDict, mesh, splits_batch: Callable, build: 
   the objective's loss is a mean over examples."""
   auto_k, auto_remat = is_auto(config)
   available = memory.available_bytes(mesh.devices.flat)
-  budget = None if available is None else int(memory.MARGIN * available)
+  budget = memory.budget_of(available)
 
   def attempt(k: int, remat: str):
     trial = resolved(config, k, remat)
