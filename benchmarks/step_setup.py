@@ -17,6 +17,7 @@ from data_pipelines import frontends
 from jepa_jax import masks, models, objectives
 from jepa_jax.config import fields, shapes, validation
 from jepa_jax.models import attention, layers, vit
+from jepa_jax.models.predictor import BLOCKS
 from jepa_jax.optim import optimizer
 from jepa_jax.parallel import mesh as mesh_lib
 from jepa_jax.training import fit, update
@@ -180,7 +181,7 @@ def with_tokens(config: ml_collections.ConfigDict, tokens: int) -> ml_collection
 
 class PlainPredictor(nn.Module):
   """The predictor / decoder's matrix work without its mask tokens, scatters and
-  gathers: linear in, the same stack (local windows included), linear out."""
+  gathers: linear in, the same stack (local windows and block included), linear out."""
   width: int
   depth: int
   num_heads: int
@@ -190,13 +191,14 @@ class PlainPredictor(nn.Module):
   windows: attention.Windows | None
   scan: bool
   remat: str
+  block: str = "prenorm"   # models.predictor.BLOCKS
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = layers.dense(self.width, (None, "embed"), self.dtype, "embed")(x)
     x = vit.Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
                         windows=self.windows, scan=self.scan, remat=self.remat,
-                        name="transformer")(x)
+                        block=BLOCKS[self.block], name="transformer")(x)
     return layers.dense(self.out_dim, ("embed", None), self.dtype, "project")(x)
 
 
@@ -226,7 +228,7 @@ def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
   out_dim = config.model.width if name == "predictor" else pf * pt
   predictor = PlainPredictor(h.width, h.depth, h.num_heads, h.mlp_dim, out_dim,
                              models.DTYPES[config.model.dtype], models.windows(h, grid),
-                             **models.stack_options(h))
+                             block=h.block, **models.stack_options(h))
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.rules(config)
 

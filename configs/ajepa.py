@@ -1,16 +1,20 @@
 """A-JEPA (Fei et al. 2023, "A-JEPA: JEPA can listen"): the paper recipe, and variants.
 
     configs/ajepa.py             ViT-B/16 on 128 x 1024 Kaldi fbank frames (10.24 s, 8 x 64
-                                 = 512 patches, AudioMAE normalisation, gain jitter +-6 dB);
+                                 = 512 patches, AudioMAE normalisation, gain jitter +-6 dB,
+                                 cyclic crops: clips rolled by a random offset first);
                                  curriculum masking (time-frequency aware blocks with
                                  probability f(s) rising from c0 = 0.01 to 1, else
                                  multi-block); latent-domain targets (the EMA encoder sees
                                  the whole spectrogram, one pass for every mask set);
                                  predictor 16 x 512 on the full restored grid with local
-                                 4 x 4 windows shifted by 2 time patches on odd blocks; L2
+                                 4 x 4 windows shifted by 2 time patches on odd blocks, in
+                                 AudioMAE's local decoder blocks (Swin V2: post-norm,
+                                 scaled cosine attention, relative position bias MLP); L2
                                  on standardised targets; batch 512, 24 epochs, lr 2e-4.
     configs/ajepa.py:sets=4      multi-mask: 4 mask sets per clip share the target pass.
-    configs/ajepa.py:global      predictor with global attention instead of windows.
+    configs/ajepa.py:global      predictor with global attention instead of windows (and
+                                 pre-norm ViT blocks, as AudioMAE's global decoder).
     configs/ajepa.py:size=vit_l  encoder size: vit_s, vit_b (default), vit_l.
     configs/ajepa.py:demo        sized for a laptop CPU on the embedded corpus.
 
@@ -29,10 +33,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = fields.base_config("jepa", "ajepa", frames=1024)
   c.data.normalization = "recipe"   # AudioMAE: (x + 4.27) / (2 x 4.57)
   c.data.gain_jitter_db = 6.0
+  # "a 10-second segment extracted cyclically from a random start time": AudioMAE's roll
+  # (its dataset.py _roll_mag_aug) of the clip before padding, here over frames.
+  c.data.cyclic_crop = True
   fields.set_encoder_size(c, variant.get("size", "vit_b"))
+  # The predictor follows AudioMAE's local decoder (decoder_mode=1): Swin V2 blocks.
   c.predictor = fields.predictor_config(
       "ajepa", layout="full_grid", attention="global" if variant.get("global") else "local",
-      window=(4, 4), shift=(0, 2))
+      window=(4, 4), shift=(0, 2), block="prenorm" if variant.get("global") else "swinv2")
 
   c.mask = masks.default_config("curriculum", num_sets=variant.get("sets", 1))
   c.jepa = ml_collections.ConfigDict(dict(

@@ -4,10 +4,13 @@
                                      patches, AudioMAE normalisation); 80 % of the patches
                                      masked at random; decoder 16 x 512 on the full grid
                                      with Swin-style 4 x 4 windows shifted (time 2, freq 0)
-                                     on odd blocks; MSE on masked patches against norm-pix
-                                     targets; batch 512, 33 epochs (3 warmup), lr 4e-4,
+                                     on odd blocks, in AudioMAE's Swin V2 blocks (post-norm,
+                                     scaled cosine attention, relative position bias
+                                     MLP: models/swinv2.py); MSE on masked patches against
+                                     norm-pix targets; batch 512, 33 epochs (3 warmup), lr 4e-4,
                                      weight decay 1e-4.
-    configs/audiomae.py:global       the global 8-block decoder (Dec-25M) instead.
+    configs/audiomae.py:global       the global 8-block pre-norm decoder (Dec-25M) instead
+                                     (AudioMAE's decoder_mode=0).
     configs/audiomae.py:lines        time-and-frequency line masking instead of random.
     configs/audiomae.py:size=vit_l   encoder size: vit_s, vit_b (default), vit_l.
     configs/audiomae.py:demo         sized for a laptop CPU on the embedded corpus.
@@ -28,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.decoder = fields.predictor_config("dec_25m", layout="full_grid")
   else:
     c.decoder = fields.predictor_config("audiomae", layout="full_grid", attention="local",
-                                        window=(4, 4), shift=(0, 2))
+                                        window=(4, 4), shift=(0, 2), block="swinv2")
   if variant.get("lines"):
     c.mask = masks.default_config("time_and_frequency")
   else:

@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant.get("1.2b"):
     c.optim.update(base_lr=2e-4, weight_decay=0.0)
   c.train.update(batch_size=256, epochs=100.0)
+  c.probe.lr = 3e-4  # EVAR's lr_lineareval for Dasheng (its config/dasheng.yaml)
 
   if variant.get("demo"):
     c.data.frames = 400  # 4 s clips: 100 tokens

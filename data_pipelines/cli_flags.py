@@ -64,11 +64,16 @@ def parse(argv: list[str] | None, define: Callable[[flags.FlagValues, list[str]]
   try:
     rest = values(command_line)
   except (AttributeError, KeyError) as err:  # a config override names a missing field
-    name = str(err).strip("\"'")
+    # ml_collections' message: "'name'" and, on a second line, a close field it suggests.
+    message = err
+    while isinstance(message, BaseException) and message.args:  # AttributeError(KeyError(..))
+      message = message.args[0]
+    first, _, suggestion = str(message).partition("\n")
+    name = first.strip("\"' ")
     culprit = [a for a in args if a.startswith("--") and "." in a.split("=")[0]
                and name in a.split("=")[0]]
     fail(f"unknown config field {name!r} in {culprit[0] if culprit else 'an override'}; "
-         f"overrides must name existing fields of the config file")
+         + (suggestion.strip() or "overrides must name existing fields of the config file"))
   except (flags.Error, TypeError, ValueError, OSError) as err:
     fail(f"bad command line: {last_line(str(err))}")
   if len(rest) > 1:

@@ -4,17 +4,21 @@ A recipe is a frozen dataclass holding every parameter; `to_dict()` is written i
 shard's metadata so a model trained on one front end refuses shards made with another.
 
   name        kind         what it computes (docs/frontends.md)
-  audio_jepa  ln_mel       centred Hann STFT 400/400/160, 80 HTK mels 50-8000 Hz,
-                           ln(power + eps)                                   (M2D)
+  audio_jepa  ln_mel       centred Hann STFT 400/400/160, 80 Slaney mels 50-8000 Hz,
+                           area-normalised, ln(power + eps)                  (M2D)
   ajepa       kaldi_fbank  Kaldi fbank as AudioMAE calls it: 25 ms frames every 10 ms
                            (snip edges), DC removal, pre-emphasis 0.97, Hanning, 512-point
                            FFT, 128 Kaldi mel banks 20-8000 Hz, ln(max(power, eps))
-  dasheng     db_mel       centred Hann STFT 512/512/160, 64 HTK mels 0-8000 Hz,
+  dasheng     db_mel       centred Hann STFT 512/512/160, 64 HTK mels of peak 1 0-8000 Hz,
                            10 log10(max(power, 1e-10)) clamped at the clip max - 120 dB
 
 Every recipe has the same interface: `logmel(wave)`, `frames(seconds)`, `floor`,
 `pad_value(mel)`, `apply_gain_db(mel, gain_db)`, `to_dict()` / `FrontEnd.from_dict(d)`.
 Computed in NumPy float64 (data preparation, evaluation and the HEAR module alike).
+
+A record written before a field existed (shard metadata, an export's frontend.json) lacks
+it: `FrontEnd.recorded(d)` rebuilds such a record as that version computed it
+(LEGACY_FIELDS), `FrontEnd.from_dict(d)` refuses it.
 """
 from __future__ import annotations
 
@@ -149,6 +153,13 @@ class FrontEnd(abc.ABC):
     return {"kind": self.kind, **dataclasses.asdict(self)}
 
   @staticmethod
+  def recorded(d: dict[str, Any]) -> FrontEnd:
+    """The recipe a saved record describes, one written before a field existed included
+    (the field takes the value that version computed with, LEGACY_FIELDS): how an
+    export's features are made again, and what a shard's features were made with."""
+    return FrontEnd.from_dict(upgrade_record(d))
+
+  @staticmethod
   def from_dict(d: dict[str, Any]) -> FrontEnd:
     """The recipe `to_dict` wrote (also one that differs from today's registry)."""
     d = dict(d)
@@ -188,10 +199,32 @@ def _gain_at_floor(mel: np.ndarray, at_floor: np.ndarray, gain_db: float, floor:
   return np.where(at_floor, floor, shifted)
 
 
+MEL_SCALES = ("htk", "slaney")
+MEL_NORMS = (None, "slaney")
+
+
 @dataclasses.dataclass(frozen=True)
 class CentredStftMel(FrontEnd):
-  """Centred (reflect-padded) periodic-Hann STFT -> power -> HTK mel triangles in Hz,
-  no area normalisation (torchaudio MelSpectrogram's defaults, librosa htk=True)."""
+  """Centred (reflect-padded) periodic-Hann STFT -> power -> mel triangles in Hz,
+  librosa.filters.mel(htk=mel_scale == "htk", norm=mel_norm):
+
+    mel_scale "htk": 2595 log10(1 + f / 700) (torchaudio MelSpectrogram's default);
+              "slaney": linear below 1 kHz, logarithmic above (librosa's and nnAudio's
+              default, htk=False);
+    mel_norm  None: triangles of peak 1 (torchaudio's default);
+              "slaney": area-normalised, each triangle scaled by 2 / its width in Hz
+              (librosa norm="slaney", nnAudio norm=1, its default).
+  """
+
+  mel_scale: str
+  mel_norm: str | None
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.mel_scale not in MEL_SCALES or self.mel_norm not in MEL_NORMS:
+      raise ValueError(f"front end {self.name!r}: mel_scale must be one of {MEL_SCALES} and "
+                       f"mel_norm one of {MEL_NORMS}, got {self.mel_scale!r}, "
+                       f"{self.mel_norm!r}.")
 
   def num_frames(self, num_samples: int) -> int:
     return 1 + num_samples // self.hop_length
@@ -205,7 +238,7 @@ class CentredStftMel(FrontEnd):
   def filterbank(self) -> np.ndarray:
     return librosa.filters.mel(
         sr=self.sample_rate, n_fft=self.n_fft, n_mels=self.n_mels, fmin=self.fmin,
-        fmax=self.fmax, htk=True, norm=None, dtype=np.float64)
+        fmax=self.fmax, htk=self.mel_scale == "htk", norm=self.mel_norm, dtype=np.float64)
 
   def power_spectrogram(self, wave: np.ndarray) -> np.ndarray:
     spec = librosa.stft(
@@ -355,13 +388,29 @@ class KaldiFbank(FrontEnd):
 
 _KINDS: dict[str, type[FrontEnd]] = {c.kind: c for c in (LnMel, KaldiFbank, DbMel)}
 
+# Fields recorded since: kind -> {field: the value every record written without it was
+# computed with}. Records before mel_scale / mel_norm used HTK triangles of peak 1 for
+# both centred recipes (right for dasheng; audio_jepa has since switched to M2D's).
+LEGACY_FIELDS: dict[str, dict[str, Any]] = {
+    kind: {"mel_scale": "htk", "mel_norm": None} for kind in (LnMel.kind, DbMel.kind)}
+
+
+def upgrade_record(d: dict[str, Any]) -> dict[str, Any]:
+  """A copy of a saved front-end record with the fields it predates filled in with
+  the values it was computed with (LEGACY_FIELDS); other records unchanged."""
+  legacy = LEGACY_FIELDS.get(d.get("kind"), {})
+  return {**{k: v for k, v in legacy.items() if k not in d}, **d}
+
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
-# M2D's settings, which Audio-JEPA uses. eps is float32 machine epsilon, as torch.finfo().eps
-# in M2D's `(lms + eps).log()`.
+# M2D's settings, which Audio-JEPA uses: wav_to_lms calls nnAudio's MelSpectrogram at its
+# defaults htk=False, norm=1 (Slaney scale, area-normalised; the statistics -7.06 / 4.20
+# are of these features). eps is float32 machine epsilon, as torch.finfo().eps in M2D's
+# `(lms + eps).log()`.
 AUDIO_JEPA = LnMel(
     name="audio_jepa", sample_rate=16000, n_fft=400, win_length=400, hop_length=160,
-    n_mels=80, fmin=50.0, fmax=8000.0, norm_mean=-7.06, norm_std=4.20, log_eps=_FLOAT32_EPS)
+    n_mels=80, fmin=50.0, fmax=8000.0, norm_mean=-7.06, norm_std=4.20, mel_scale="slaney",
+    mel_norm="slaney", log_eps=_FLOAT32_EPS)
 
 # AudioMAE's call (A-JEPA uses its front end): 25 ms / 10 ms at 16 kHz, Kaldi's default
 # 20 Hz low edge and Nyquist high edge. AudioMAE normalises (x - mean) / (2 * std) with
@@ -377,8 +426,8 @@ AJEPA = KaldiFbank(
 # divides by 2 * 20.
 DASHENG = DbMel(
     name="dasheng", sample_rate=16000, n_fft=512, win_length=512, hop_length=160,
-    n_mels=64, fmin=0.0, fmax=8000.0, norm_mean=-10.0, norm_std=40.0, amin=1e-10,
-    top_db=120.0)
+    n_mels=64, fmin=0.0, fmax=8000.0, norm_mean=-10.0, norm_std=40.0, mel_scale="htk",
+    mel_norm=None, amin=1e-10, top_db=120.0)
 
 FRONTENDS: dict[str, FrontEnd] = {f.name: f for f in (AUDIO_JEPA, AJEPA, DASHENG)}
 

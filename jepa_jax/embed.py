@@ -5,6 +5,7 @@ import json
 from absl import flags
 
 from data_pipelines import cli_flags as cli
+from jepa_jax import export
 from jepa_jax.evaluation import embeddings, features
 from jepa_jax.parallel import allocator, memory
 
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     (task, x), = embeddings.embed_tasks(args.workdir, [args.task], sets, frontend_meta,
                                         freq_pool=args.freq_pool, unit_sec=args.unit_sec,
                                         chunk_batch=config.probe.chunk_batch)
-  except (FileNotFoundError, ValueError, memory.OutOfMemoryError) as err:
+  except (FileNotFoundError, ValueError, memory.OutOfMemoryError,
+          export.CorruptExportError) as err:
     cli.fail(str(err))
   path = embeddings.cache_path(args.workdir, task, sets[0], frontend_meta, args.freq_pool)
   print(json.dumps({"task": task.name, "clips": len(task), "dim": int(x[sets[0].name].shape[1]),

@@ -8,6 +8,7 @@ from pathlib import Path
 from absl import flags
 
 from data_pipelines import cli_flags as cli
+from jepa_jax import export
 from jepa_jax.evaluation import embeddings, features, frozen, report, suite
 from jepa_jax.parallel import allocator, memory
 
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                              args.freq_pool, args.unit_sec, chart=args.protocol == "all",
                              finetune_settings=args.finetune,
                              fewshot_classes_spec=args.fewshot_classes)
-  except (FileNotFoundError, ValueError, memory.OutOfMemoryError) as err:
+  except (FileNotFoundError, ValueError, memory.OutOfMemoryError,
+          export.CorruptExportError) as err:
     cli.fail(str(err))
   out = Path(args.workdir).absolute() / report.RESULTS_DIR
   print(report.markdown(results), end="")

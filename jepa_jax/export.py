@@ -1,11 +1,16 @@
 """The one encoder export every consumer loads: `export/` in a workdir with
 
-  config.json    the training config (rebuilds the encoder),
-  encoder/       the encoder parameters (orbax),
-  frontend.json  the front end and normalisation that make its input from audio.
+  config.json     the training config (rebuilds the encoder),
+  encoder/        the encoder parameters (orbax),
+  checksums.json  their content checksums (jepa_jax/checksums.py; exports before it lack it),
+  frontend.json   the front end and normalisation that make its input from audio.
 """
+import contextlib
+import gc
 import json
+import logging
 import shutil
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -13,9 +18,52 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jepa_jax import models
+from jepa_jax import checksums, models
 from jepa_jax.config import shapes, upgrade
 from jepa_jax.parallel import distributed
+
+CHECKSUMS = "checksums.json"
+
+
+class CorruptExportError(RuntimeError):
+  """An export's encoder parameters cannot be read or differ from their checksums."""
+
+
+@contextlib.contextmanager
+def unlogged_io_errors():
+  """When orbax fails to read or write one array it abandons the others: asyncio logs
+  each abandoned failure (a page of TensorStore specs) when its task is collected, and
+  TensorStore's late callbacks to orbax's closed event loop print a traceback each. The
+  caller's one-line error says it all: on a failure, collect the tasks here, unlogged,
+  and from then on drop those callbacks' errors (only those)."""
+  try:
+    yield
+  except Exception:
+    log = logging.getLogger("asyncio")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+      gc.collect()
+    finally:
+      log.setLevel(level)
+    drop_closed_loop_callbacks()
+    raise
+
+
+def drop_closed_loop_callbacks() -> None:
+  """From now on, TensorStore's callbacks to orbax's closed event loops (after an I/O
+  failed) raise unseen: their 'Event loop is closed' tracebacks say nothing."""
+  hook = sys.unraisablehook
+  if getattr(hook, "drops_closed_loop_callbacks", False):
+    return
+
+  def dropping(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+
+  dropping.drops_closed_loop_callbacks = True
+  sys.unraisablehook = dropping
 
 
 def export_encoder(export_dir: Path, config: ml_collections.ConfigDict, encoder_params,
@@ -35,7 +83,9 @@ def export_encoder(export_dir: Path, config: ml_collections.ConfigDict, encoder_
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp / "encoder", encoder_params)
   checkpointer.wait_until_finished()
+  sums = checksums.of_tree(encoder_params)  # every process: a computation over all shards
   if primary:
+    (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
     (tmp / "config.json").write_text(config.to_json(indent=2))
     (tmp / "frontend.json").write_text(json.dumps(frontend_meta, indent=2))
     if export_dir.exists():
@@ -67,7 +117,21 @@ def load_encoder(export_dir: Path):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
   alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                              active_processes={jax.process_index()})
-  params = ocp.StandardCheckpointer(multiprocessing_options=alone).restore(
-      export_dir / "encoder", abstract)
+  try:
+    with unlogged_io_errors():
+      params = ocp.StandardCheckpointer(multiprocessing_options=alone).restore(
+          export_dir / "encoder", abstract)
+  except Exception as err:  # noqa: BLE001 - TensorStore's errors carry no common type
+    raise CorruptExportError(
+        f"the encoder parameters in {export_dir / 'encoder'} cannot be read ("
+        f"{' '.join(str(err).split())[:160]}); export again from the run's checkpoints or "
+        f"restore the folder from a copy") from err
+  sums = export_dir / CHECKSUMS
+  wrong = checksums.mismatches(params, json.loads(sums.read_text())) if sums.exists() else []
+  if wrong:
+    raise CorruptExportError(
+        f"{len(wrong)} array(s) of {export_dir / 'encoder'} differ from {sums} (e.g. "
+        f"{', '.join(wrong[:3])}): the files changed after they were written; export again "
+        f"or restore the folder from a copy")
   frontend_meta = json.loads((export_dir / "frontend.json").read_text())
   return config, encoder, params, frontend_meta

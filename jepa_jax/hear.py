@@ -5,10 +5,12 @@
     emb, ts = hear.get_timestamp_embeddings(audio, model)  # (n_sounds, n_ts, D), (n_sounds, n_ts)
 
 `audio` is (n_sounds, n_samples) float in [-1, 1] at `model.sample_rate` (16 kHz), numpy
-or torch. Each sound becomes its front end's log-mel, normalised as in training, cut into
-chunks of the model's training length and encoded without masking (features.py); one
-embedding per time patch concatenates the patch's frequency tokens (D = grid_freq *
-width). Sounds shorter than the front end's minimum are padded with zeros.
+or torch. Each sound becomes its front end's log-mel (as the export recorded it),
+normalised as in training, cut into chunks of the model's training length (the last padded
+with the sound's own pad value, task_data.pad_value, as training crops pad it) and encoded
+without masking (features.py); one embedding per time patch concatenates the patch's
+frequency tokens (D = grid_freq * width). Sounds shorter than the front end's minimum are
+padded with zeros.
 
 Scene embedding: the mean over time of every time patch of the whole sound, exactly
 `features.clip_embeddings(..., freq_pool="concat")`.
@@ -142,7 +144,6 @@ class HearModel:
   frontend_meta: dict
   frontend: frontends.FrontEnd
   frames: int               # the chunk length the encoder was trained on
-  pad: np.ndarray           # (n_mels, 1) encoder-input value of silence
   passes: int               # K shifted passes for timestamp embeddings
   batch_size: int           # chunks per compiled encoder call
   sample_rate: int
@@ -187,11 +188,11 @@ def load_model(model_file_path="", batch_size: int = 64):
   parameterless torch.nn.Module shell when torch is installed, else a HearModel."""
   export_dir = _find_export(model_file_path)
   _, encoder, params, meta = export.load_encoder(export_dir)
-  frontend = frontends.FrontEnd.from_dict(meta["frontend"])
+  frontend = task_data.frontend_of(meta)
   size = features.embedding_size(encoder, FREQ_POOL)
   model = HearModel(
       export_dir=export_dir, encoder=encoder, params=params, frontend_meta=meta,
-      frontend=frontend, frames=int(meta["frames"]), pad=task_data.pad_value(meta),
+      frontend=frontend, frames=int(meta["frames"]),
       passes=passes_for(encoder.patch_shape[1], frontend.hop_length, frontend.sample_rate),
       batch_size=batch_size, sample_rate=int(frontend.sample_rate),
       scene_embedding_size=int(size), timestamp_embedding_size=int(size))
@@ -278,13 +279,15 @@ def _out(x: np.ndarray, device):
   return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
-def _inputs(model: HearModel, audio: np.ndarray) -> list[np.ndarray]:
-  """Each sound as (n_mels, T) encoder input; short sounds zero-padded to the minimum."""
+def _inputs(model: HearModel, audio: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Each sound as (n_mels, T) encoder input and its pad (task_data.pad_value, (n_mels,
+  1)); short sounds zero-padded to the minimum."""
   need = max(model.frontend.min_samples, 1)
   if audio.shape[1] < need:
     audio = np.pad(audio, ((0, 0), (0, need - audio.shape[1])))
-  return [task_data.normalize(model.frontend.logmel(wave), model.frontend_meta)
-          for wave in audio]
+  mels = [model.frontend.logmel(wave) for wave in audio]
+  return ([task_data.normalize(mel, model.frontend_meta) for mel in mels],
+          [task_data.pad_value(model.frontend_meta, mel) for mel in mels])
 
 
 def _groups(n_sounds: int, frames_each: int):
@@ -300,8 +303,9 @@ def get_scene_embeddings(audio, model):
   audio, device = _as_numpy(audio)
   out = np.zeros((audio.shape[0], m.scene_embedding_size), np.float32)
   for part in _groups(audio.shape[0], _frames(m.frontend, audio.shape[1])):
-    out[part] = features.clip_embeddings(m.encoder, m.params, _inputs(m, audio[part]),
-                                         m.frames, m.pad, m.batch_size, FREQ_POOL)
+    mels, pads = _inputs(m, audio[part])
+    out[part] = features.clip_embeddings(m.encoder, m.params, mels, m.frames, pads,
+                                         m.batch_size, FREQ_POOL)
   return _out(out, device)
 
 
@@ -318,9 +322,10 @@ def get_timestamp_embeddings(audio, model):
   passes = min(m.passes, count)  # a pass whose first timestamp is past the end is skipped
   out = np.zeros((n_sounds, count, m.timestamp_embedding_size), np.float32)
   for part in _groups(n_sounds, passes * _frames(m.frontend, n_samples)):
-    shifted = [mel[:, j * m.shift_frames:] for mel in _inputs(m, audio[part])
-               for j in range(passes)]
-    per_pass = features.frame_embeddings(m.encoder, m.params, shifted, m.frames, m.pad,
+    mels, pads = _inputs(m, audio[part])
+    shifted = [mel[:, j * m.shift_frames:] for mel in mels for j in range(passes)]
+    per_pass = features.frame_embeddings(m.encoder, m.params, shifted, m.frames,
+                                         [pad for pad in pads for _ in range(passes)],
                                          m.batch_size, FREQ_POOL)
     for s in range(part.stop - part.start):
       for j in range(passes):

@@ -11,7 +11,9 @@ workdir. A workdir holding a checkpoint resumes from it. SIGTERM or Ctrl-C saves
 checkpoint of the last completed step and exits with code 130 (run the same command to
 resume). The last line printed is JSON: the probe accuracy of the trained encoder, of the
 same encoder at initialisation and of a mean-log-mel baseline (task means; per-task
-values and seed std beside them).
+values, the lr each probe trained with and seed std beside them), under the protocol
+named by `probe_protocol` (config.probe.protocol: `linear_validated` by default, EVAR's
+linear evaluation with its lr chosen on the validation split; jepa_jax/evaluation/suite.py).
 
 A multi-host run starts the same command on every host (jepa_jax/parallel/distributed.py says how
 the processes find each other); process 0 writes, prints and probes.
@@ -34,7 +36,7 @@ from jepa_jax import objectives
 from jepa_jax.config import fields, validation
 from jepa_jax.evaluation import suite
 from jepa_jax.parallel import allocator, distributed, memory
-from jepa_jax.training import datasets, loop
+from jepa_jax.training import checkpoint, datasets, loop, metric_writers, run_lock
 
 
 def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
   try:
     result = loop.train(config, workdir)
   except (fields.ConfigError, datasets.DataError, loop.IncompatibleWorkdirError,
-          loop.NonFiniteLossError, memory.OutOfMemoryError) as err:
+          loop.NonFiniteLossError, memory.OutOfMemoryError, checkpoint.NoIntactCheckpointError,
+          checkpoint.DiskFullError, run_lock.WorkdirInUseError) as err:
     cli.fail(str(err))
   primary = distributed.is_primary()
   if result.interrupted:
@@ -123,8 +126,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def summary(config, result, workdir: str, probe: bool) -> dict:
-  """The last line: the run's steps, loss and timings, with the probe's accuracies."""
-  out = {"steps": result.step, "final_loss": result.last_metrics.get("loss"),
+  """The last line: the run's steps, loss and timings, with the probe's accuracies. The
+  loss is the run's last logged one, also when this process ran no step since its last
+  log (a resume of a finished run): then it is read from the workdir's metrics log."""
+  loss = result.last_metrics.get("loss")
+  if loss is None:
+    loss = metric_writers.last_logged(workdir).get("loss")
+  out = {"steps": result.step, "final_loss": loss,
          "timings_s": {k: round(v, 1) for k, v in result.timings.items()},
          "input_wait_fraction": round(result.input_wait_fraction, 4)}
   if probe and not datasets.resolve(config).probe_tasks:

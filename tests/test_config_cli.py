@@ -76,6 +76,7 @@ def test_resume_differences_ignore_logging_but_not_model():
 def test_runs_saved_before_a_field_existed_resume_with_its_old_behaviour():
   saved = fields.to_dict(audio_jepa.get_config("demo"))
   del saved["data"]["exclude_classes"]  # as written before the field was added
+  del saved["data"]["cyclic_crop"]
   del saved["init_from"]
   current = audio_jepa.get_config("demo")
   assert fields.resume_differences(saved, fields.to_dict(current)) != []
@@ -84,6 +85,20 @@ def test_runs_saved_before_a_field_existed_resume_with_its_old_behaviour():
   current.data.exclude_classes = "pitch:110-156Hz"
   assert fields.resume_differences(saved, fields.to_dict(current)) == [
       "data.exclude_classes: '' in the workdir, 'pitch:110-156Hz' now"]
+
+
+def test_cyclic_crop_is_on_for_every_a_jepa_variant_and_changes_what_a_run_computes():
+  ajepa = load_config_module("ajepa")
+  for variant in (None, "demo", "sets=4", "global", "size=vit_l", "demo,sets=2"):
+    assert ajepa.get_config(variant).data.cyclic_crop is True, variant
+  for name in ("audio_jepa", "audiomae", "dasheng", "uamix"):
+    assert load_config_module(name).get_config().data.cyclic_crop is False, name
+  # Runs saved before the field resume with the plain crop; the field is not resume-free.
+  saved = fields.to_dict(ajepa.get_config("demo"))
+  del saved["data"]["cyclic_crop"]
+  assert upgrade.upgrade(saved)["data"]["cyclic_crop"] is False
+  assert fields.resume_differences(upgrade.upgrade(saved), fields.to_dict(
+      ajepa.get_config("demo"))) == ["data.cyclic_crop: False in the workdir, True now"]
 
 
 def test_dry_run_counts_vit_b_encoder():
@@ -146,8 +161,10 @@ def test_without_workdir_the_run_goes_to_its_default_and_the_same_command_resume
   workdir = tmp_path / first.split()[1]
   assert workdir.parent == tmp_path / "runs" and (workdir / "export").is_dir()
   assert json.loads(out.splitlines()[-1])["steps"] == 6
+  final_loss = json.loads(out.splitlines()[-1])["final_loss"]
   main.main(command)  # finished: resumes at its last checkpoint and only reports
   out, err = capsys.readouterr()
+  assert json.loads(out.splitlines()[-1])["final_loss"] == final_loss is not None
   assert err.startswith(first)
   assert f"resumed from the checkpoint at step 6 in {workdir}" in out
   assert [p.name for p in (tmp_path / "runs").iterdir()] == [workdir.name]

@@ -96,3 +96,35 @@ def test_parallel_build_equals_serial_build(corpus, tmp_path):
     assert [r.labels for r in serial_rows] == [r.labels for r in parallel_rows]
     assert all(a.path.read_bytes() == b.path.read_bytes()
                for a, b in zip(serial_rows, parallel_rows))
+
+
+def test_a_cache_of_the_old_audio_jepa_filterbank_is_rebuilt_not_used(corpus, tmp_path,
+                                                                        capsys):
+  """A cache made before audio_jepa's filterbank became M2D's (Slaney, area-normalised):
+  its folder is keyed by the old front-end record and its shards hold the old features.
+  Today's record keys another folder, so the corpus is built anew there (the quick start
+  keeps working) and the old shards, which training would refuse, are left alone."""
+  import json
+  import shutil
+  import types
+
+  from data_pipelines import pipeline
+
+  legacy = {k: v for k, v in AUDIO_JEPA.to_dict().items() if k not in ("mel_scale", "mel_norm")}
+  old_key = default_corpus.corpus_key(0, SIZES["num_pretrain"], SIZES["num_probe"],
+                                      types.SimpleNamespace(to_dict=lambda: legacy))
+  cache = tmp_path / "cache"
+  old_root = cache / f"default-corpus-{old_key}"
+  shutil.copytree(corpus.pretrain.parent, old_root)
+  metadata_path = old_root / "pretrain" / shards.METADATA_FILE
+  metadata_path.write_text(json.dumps({**json.loads(metadata_path.read_text()),
+                                       "frontend": legacy}))
+  capsys.readouterr()
+  fresh = ensure_default_corpus(cache, workers=1, **SIZES)
+  assert fresh.pretrain.parent != old_root
+  assert "default corpus ready" in capsys.readouterr().err  # built, not reused
+  fresh_metadata = shards.read_metadata(fresh.pretrain)
+  assert fresh_metadata["frontend"] == AUDIO_JEPA.to_dict()
+  pipeline.check_frontend(fresh_metadata, fresh.pretrain, "audio_jepa")
+  with pytest.raises(ValueError, match="rebuild the shards"):
+    pipeline.check_frontend(shards.read_metadata(old_root / "pretrain"), old_root, "audio_jepa")

@@ -40,19 +40,46 @@ def _htk_edges_hz(fe: FrontEnd) -> np.ndarray:
   return _htk_hz(np.linspace(_htk_mel(fe.fmin), _htk_mel(fe.fmax), fe.n_mels + 2))
 
 
+# Slaney's Auditory Toolbox mel scale: 3 mels per 200 Hz up to 1 kHz, then 27 mels per
+# factor 6.4 of frequency.
+_SLANEY_STEP, _SLANEY_KNEE = 200.0 / 3, 1000.0
+
+
+def _slaney_mel(hz):
+  hz = np.asarray(hz, np.float64)
+  log_part = 15.0 + 27.0 * np.log(np.maximum(hz, _SLANEY_KNEE) / _SLANEY_KNEE) / np.log(6.4)
+  return np.where(hz < _SLANEY_KNEE, hz / _SLANEY_STEP, log_part)
+
+
+def _slaney_hz(mel):
+  mel = np.asarray(mel, np.float64)
+  return np.where(mel < 15.0, mel * _SLANEY_STEP,
+                  _SLANEY_KNEE * np.exp((mel - 15.0) * np.log(6.4) / 27.0))
+
+
+def _edges_hz(fe: FrontEnd) -> np.ndarray:
+  """The n_mels + 2 band edges in Hz, equally spaced on the recipe's mel scale."""
+  if fe.mel_scale == "htk":
+    return _htk_edges_hz(fe)
+  return _slaney_hz(np.linspace(_slaney_mel(fe.fmin), _slaney_mel(fe.fmax), fe.n_mels + 2))
+
+
 def _direct_mel_power_frame(fe: FrontEnd, wave: np.ndarray, frame: int) -> np.ndarray:
   """One frame from the definition: reflect-padded centred periodic-Hann frame, |FFT|^2,
-  HTK triangles in Hz between mel-spaced edges (peak 1, no area normalisation)."""
+  triangles in Hz between edges equally spaced on the recipe's mel scale, of peak 1 or
+  (mel_norm "slaney") of area 1 in Hz: scaled by 2 / (upper - lower edge)."""
   padded = np.pad(wave.astype(np.float64), fe.n_fft // 2, mode="reflect")
   n = np.arange(fe.win_length)
   window = 0.5 - 0.5 * np.cos(2 * np.pi * n / fe.win_length)  # periodic Hann
   segment = padded[frame * fe.hop_length:frame * fe.hop_length + fe.n_fft] * window
   power = np.abs(np.fft.rfft(segment)) ** 2
   bin_hz = np.arange(fe.n_fft // 2 + 1) * fe.sample_rate / fe.n_fft
-  edges = _htk_edges_hz(fe)
+  edges = _edges_hz(fe)
   lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
   weights = np.maximum(0.0, np.minimum((bin_hz - lower) / (centre - lower),
                                        (upper - bin_hz) / (upper - centre)))
+  if fe.mel_norm == "slaney":
+    weights *= 2.0 / (upper - lower)
   return weights @ power
 
 
@@ -237,6 +264,60 @@ def test_audio_jepa_matches_direct_computation(frame):
   np.testing.assert_allclose(AUDIO_JEPA.logmel(wave)[:, frame], want, atol=1e-4)
 
 
+def test_audio_jepa_filterbank_is_m2ds_slaney_area_normalised():
+  """M2D's wav_to_lms: nnAudio MelSpectrogram at its defaults htk=False, norm=1, which
+  nnAudio builds as librosa's mel(htk=False, norm="slaney")."""
+  fe = AUDIO_JEPA
+  assert (fe.mel_scale, fe.mel_norm) == ("slaney", "slaney")
+  want = librosa.filters.mel(sr=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels,
+                             fmin=fe.fmin, fmax=fe.fmax, htk=False, norm="slaney",
+                             dtype=np.float64)
+  np.testing.assert_allclose(fe.filterbank, want, rtol=1e-12, atol=0)
+  htk = librosa.filters.mel(sr=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels,
+                            fmin=fe.fmin, fmax=fe.fmax, htk=True, norm=None, dtype=np.float64)
+  assert not np.allclose(fe.filterbank, htk)
+
+
+def test_dasheng_filterbank_is_unchanged_htk_of_peak_one():
+  fe = DASHENG
+  assert (fe.mel_scale, fe.mel_norm) == ("htk", None)
+  want = librosa.filters.mel(sr=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels,
+                             fmin=fe.fmin, fmax=fe.fmax, htk=True, norm=None, dtype=np.float64)
+  np.testing.assert_allclose(fe.filterbank, want, rtol=1e-12, atol=0)
+
+
+def test_audio_jepa_matches_nnaudio_when_installed():
+  """M2D's own call: nnAudio.features.MelSpectrogram(sr, n_fft, win_length, hop_length,
+  n_mels, fmin, fmax, center=True, power=2), then (x + eps).log()."""
+  torch = pytest.importorskip("torch")
+  nn_features = pytest.importorskip("nnAudio.features")
+  fe = AUDIO_JEPA
+  to_spec = nn_features.MelSpectrogram(
+      sr=fe.sample_rate, n_fft=fe.n_fft, win_length=fe.win_length, hop_length=fe.hop_length,
+      n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax, center=True, power=2, verbose=False)
+  wave = speech_like(np.random.default_rng(3), 1.0, -10.0)
+  want = (to_spec(torch.tensor(wave, dtype=torch.float32))[0].double()
+          + torch.finfo().eps).log().numpy()
+  np.testing.assert_allclose(fe.logmel(wave), want, atol=1e-4)
+
+
+def test_records_written_before_the_mel_fields_are_the_old_htk_recipes():
+  """Shard metadata and exports written before mel_scale / mel_norm were recorded were
+  computed with HTK triangles of peak 1: `recorded` rebuilds exactly that recipe,
+  `from_dict` refuses the record (shards: rebuild them)."""
+  for fe in (AUDIO_JEPA, DASHENG):
+    old = {k: v for k, v in fe.to_dict().items() if k not in ("mel_scale", "mel_norm")}
+    then = FrontEnd.recorded(json.loads(json.dumps(old)))
+    assert then == dataclasses.replace(fe, mel_scale="htk", mel_norm=None)
+    with pytest.raises(ValueError, match=r"lacks \['mel_norm', 'mel_scale'\].*rebuild the shards"):
+      FrontEnd.from_dict(old)
+  assert FrontEnd.recorded(
+      {k: v for k, v in DASHENG.to_dict().items() if k != "mel_norm"}) == DASHENG
+  assert FrontEnd.recorded(AJEPA.to_dict()) == AJEPA  # nothing added to other kinds
+  with pytest.raises(ValueError, match="mel_scale must be one of"):
+    dataclasses.replace(AUDIO_JEPA, mel_scale="kaldi")
+
+
 @pytest.mark.parametrize("frame", [0, 1, 37])
 def test_dasheng_matches_direct_computation(frame):
   wave = _sine_plus_noise()
@@ -269,7 +350,7 @@ def test_dasheng_top_db_clamp_is_relative_to_the_clip_max():
 @pytest.mark.parametrize("fe", [AUDIO_JEPA, DASHENG], ids=lambda f: f.name)
 @pytest.mark.parametrize("band", [20, 45, 62])
 def test_sine_peaks_in_the_mel_band_centred_on_its_frequency(fe, band):
-  freq = _htk_edges_hz(fe)[1:-1][band]
+  freq = _edges_hz(fe)[1:-1][band]
   wave = 0.5 * np.sin(2 * np.pi * freq * np.arange(16000) / 16000)
   mel = fe.logmel(wave)
   assert mel.shape == (fe.n_mels, fe.frames(1.0)) and mel.dtype == np.float32

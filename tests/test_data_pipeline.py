@@ -12,6 +12,7 @@ from data_pipelines import tfds_audio
 from data_pipelines.frontends import AUDIO_JEPA
 from data_pipelines.pipeline import (
     audio_train_dataset,
+    crop,
     mono_at_rate,
     train_dataset,
 )
@@ -183,6 +184,112 @@ def test_bad_arguments(shard_dir):
   with pytest.raises(ValueError, match="unknown normalization 'batch'"):
     train_dataset(shard_dir, frames=FRAMES, global_batch_size=4, seed=0,
                   normalization="batch")
+
+
+# Cyclic crops (data.cyclic_crop, A-JEPA): the clip rolled by a random offset first.
+
+
+def _frame_index_clip(length):
+  """(4, T) float16 clip whose frame j holds j (exact in float16): a window names the
+  clip frames it shows."""
+  return np.broadcast_to(np.arange(length, dtype=np.float16), (4, length)).copy()
+
+
+def test_cyclic_crop_rolls_by_a_uniform_offset_then_pads_at_the_end():
+  from scipy import stats
+  length, frames, pad, draws = 50, 64, -7.3, 5000
+  clip = _frame_index_clip(length)
+  rng = np.random.default_rng(1234)
+  shifts = []
+  for _ in range(draws):
+    window = crop(clip, frames, pad, rng, cyclic=True)
+    shift = int(-window[0, 0]) % length  # frame 0 of np.roll(clip, s) is frame -s mod T
+    expected = np.pad(np.roll(clip, shift, axis=1).astype(np.float32),
+                      ((0, 0), (0, frames - length)), constant_values=pad)
+    assert window.dtype == np.float32
+    np.testing.assert_array_equal(window, expected)  # padding (exact float32 pad) at the end
+    shifts.append(shift)
+  counts = np.bincount(shifts, minlength=length)
+  assert counts.min() > 0
+  # Uniform over the clip's T frames: chi-square against T equal bins (100 expected each).
+  assert stats.chisquare(counts).pvalue > 1e-3
+  assert stats.kstest((np.array(shifts) + 0.5) / length, "uniform").pvalue > 1e-3
+
+
+def test_cyclic_crop_of_a_longer_clip_is_a_cyclic_window_from_a_uniform_start():
+  from scipy import stats
+  length, frames, draws = 90, 32, 4500
+  clip = _frame_index_clip(length)
+  rng = np.random.default_rng(99)
+  starts = []
+  for _ in range(draws):
+    window = crop(clip, frames, -7.3, rng, cyclic=True)
+    start = int(window[0, 0])
+    np.testing.assert_array_equal(window, clip[:, (start + np.arange(frames)) % length])
+    starts.append(start)
+  counts = np.bincount(starts, minlength=length)
+  assert stats.chisquare(counts).pvalue > 1e-3
+  assert counts[length - frames + 1:].sum() > 0  # windows that wrap around the clip's end
+
+
+def _plain_crop_reference(mel, frames, pad_value, rng):
+  """The crop as it was before cyclic crops existed."""
+  if mel.shape[1] < frames:
+    mel = np.pad(mel.astype(np.float32), ((0, 0), (0, frames - mel.shape[1])),
+                 constant_values=pad_value)
+  start = rng.integers(0, mel.shape[1] - frames + 1)
+  return mel[:, start:start + frames].astype(np.float32)
+
+
+def test_without_cyclic_crop_crops_and_draws_are_the_plain_ones(shard_dir):
+  source_rng = np.random.default_rng(3)
+  for length in (20, 32, 50, 90):
+    mel = _mel(source_rng, length)
+    for seed in range(20):
+      rngs = [np.random.default_rng(seed) for _ in range(3)]
+      windows = (crop(mel, FRAMES, -7.3, rngs[0]),
+                 crop(mel, FRAMES, -7.3, rngs[1], cyclic=False),
+                 _plain_crop_reference(mel, FRAMES, -7.3, rngs[2]))
+      for window in windows[1:]:
+        np.testing.assert_array_equal(window, windows[0])
+      # the same number of draws: the gain drawn next is the same too
+      assert len({r.uniform() for r in rngs}) == 1
+  kwargs = {"gain_jitter_db": 3.0, "seed": 5}
+  _assert_same(_batches(shard_dir, 6, cyclic_crop=False, **kwargs),
+               _batches(shard_dir, 6, **kwargs))
+
+
+def test_cyclic_crop_pipeline_rolls_clips_and_is_seeded_and_resumable(shard_dir, stored):
+  shifts, wrapped = set(), 0
+  for batch in _batches(shard_dir, 6, cyclic_crop=True):
+    for mel, example_id in zip(_unnormalize(shard_dir, batch["mel"]), batch["id"]):
+      clip = stored[int(example_id)]
+      length = clip.shape[1]
+      if example_id in SHORT_IDS:  # rolled, then padded with the floor at the end
+        errors = [np.abs(mel[:, :length] - np.roll(clip, s, axis=1)).max()
+                  for s in range(length)]
+        assert min(errors) < 1e-4
+        shifts.add(int(np.argmin(errors)))
+        np.testing.assert_allclose(mel[:, length:], AUDIO_JEPA.floor, atol=1e-4)
+        continue
+      errors = [np.abs(mel - clip[:, (s + np.arange(FRAMES)) % length]).max()
+                for s in range(length)]
+      assert min(errors) < 1e-4
+      wrapped += int(np.argmin(errors)) > length - FRAMES
+  assert len(shifts) > 2 and wrapped > 0
+  kwargs = {"cyclic_crop": True, "gain_jitter_db": 3.0, "seed": 4}
+  _assert_same(_batches(shard_dir, 4, **kwargs), _batches(shard_dir, 4, **kwargs))
+  assert any(not np.array_equal(a["mel"], b["mel"]) for a, b in zip(
+      _batches(shard_dir, 4, **kwargs), _batches(shard_dir, 4, **{**kwargs, "seed": 6})))
+  ds = train_dataset(shard_dir, frames=FRAMES, global_batch_size=4, **kwargs)
+  it = iter(ds)
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  fresh = iter(ds)
+  fresh.set_state(state)
+  _assert_same([next(fresh) for _ in range(3)], expected)
 
 
 # Raw audio read when training (a TFDS split): the same pipeline after the log-mel.

@@ -112,3 +112,58 @@ def test_part_writer_bounds_file_sizes(tmp_path):
   assert [p.name for p in writer.parts] == ["p0.ar", "p1.ar", "p2.ar", "p3.ar"]
   contents = [[bytes(r) for r in ArrayRecordDataSource([str(p)])] for p in writer.parts]
   assert contents == [records[:2], records[2:3], records[3:4], records[4:]]
+
+
+def _as_old_shards(shard_dir):
+  """The shards as written before the front end recorded its mel scale and normalisation."""
+  path = shard_dir / "metadata.json"
+  metadata = json.loads(path.read_text())
+  for key in ("mel_scale", "mel_norm"):
+    del metadata["frontend"][key]
+  path.write_text(json.dumps(metadata))
+
+
+def test_shards_of_the_old_audio_jepa_filterbank_are_refused(tmp_path):
+  """audio_jepa shards written before its filterbank became M2D's (Slaney, area-
+  normalised) hold HTK features of peak-1 triangles: training refuses them, naming the
+  settings and asking for a rebuild; Dasheng's old shards hold today's features."""
+  from data_pipelines import pipeline
+  from data_pipelines.frontends import DASHENG
+
+  old = tmp_path / "old"
+  write_shards(old, iter(_examples(4)), AUDIO_JEPA, source="t", label_maps=LABEL_MAPS)
+  _as_old_shards(old)
+  with pytest.raises(ValueError, match=r"differ from the current recipe in mel_scale, "
+                     r"mel_norm \(its metadata predates mel_scale, mel_norm: made with "
+                     r"mel_scale='htk', mel_norm=None\); rebuild the shards"):
+    pipeline.check_frontend(read_metadata(old), old, "audio_jepa")
+  with pytest.raises(ValueError, match="rebuild the shards"):
+    pipeline.train_dataset(old, frames=32, global_batch_size=2, seed=0,
+                           expected_frontend="audio_jepa")
+  dasheng = tmp_path / "dasheng"
+  write_shards(dasheng, iter((i, m[:64] - 60.0, lab) for i, m, lab in _examples(4)),
+               DASHENG, source="t", label_maps=LABEL_MAPS)
+  _as_old_shards(dasheng)
+  pipeline.check_frontend(read_metadata(dasheng), dasheng, "dasheng")
+  batch = next(iter(pipeline.train_dataset(dasheng, frames=32, global_batch_size=2, seed=0,
+                                           expected_frontend="dasheng")))
+  assert batch["mel"].shape == (2, 64, 32)
+
+
+def test_evaluation_shards_must_match_the_encoders_recorded_front_end(tmp_path):
+  """Labelled shards of the old audio_jepa filterbank evaluate an encoder trained on it
+  (an export recording the old front end) and are refused for one trained on today's."""
+  from jepa_jax.evaluation import task_data
+
+  folder = tmp_path / "shards"
+  write_shards(folder, iter((i, m, {"label": i % 2})
+                           for i, (_, m, _) in enumerate(_examples(4))),
+               AUDIO_JEPA, source="t", label_maps={"label": ["a", "b"]})
+  _as_old_shards(folder)
+  old_frontend = json.loads((folder / "metadata.json").read_text())["frontend"]
+  meta = {"normalization": {"mean": -5.0, "std": 4.0}, "frames": 64}
+  _, mels = task_data.load_mels(folder, {**meta, "frontend": old_frontend})
+  assert len(mels) == 4
+  with pytest.raises(ValueError, match=r"differing in mel_norm, mel_scale\): prepare the task "
+                     r"again with --frontend=audio_jepa"):
+    task_data.load_mels(folder, {**meta, "frontend": AUDIO_JEPA.to_dict()})

@@ -173,11 +173,10 @@ def test_unit_sec_crops_from_the_start_and_pads_short_clips(tmp_path):
           "normalization": {"mean": -5.0, "std": 4.0}, "frames": 64}
   _, whole = task_data.load_mels(folder, meta)
   (folder / "task.json").write_text(json.dumps({"unit_sec": 0.8}))
-  task, cut = task_data.load_mels(folder, meta)
+  task, cut, pads = task_data.load_clips(folder, meta)
   frames = frontends.get_frontend("audio_jepa").frames(0.8)
   assert task.unit_sec == 0.8 and {m.shape[1] for m in cut} == {frames}
-  pad = task_data.pad_value(meta)
-  for w, c in zip(whole, cut):
+  for w, c, pad in zip(whole, cut, pads):
     n = min(w.shape[1], frames)
     np.testing.assert_array_equal(c[:, :n], w[:, :n])
     assert (c[:, n:] == pad).all()
@@ -254,7 +253,7 @@ def test_embeddings_are_cached_and_recomputed_when_the_task_changes(random_run, 
 
   def no_audio(*args, **kwargs):
     raise AssertionError("the cache should have answered")
-  monkeypatch.setattr(task_data, "load_mels", no_audio)
+  monkeypatch.setattr(task_data, "load_clips", no_audio)
   (_, again), = embeddings.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
   np.testing.assert_array_equal(again["trained"], x["trained"])
   monkeypatch.undo()
@@ -295,7 +294,7 @@ def test_evaluate_all_protocols_writes_results_table_and_chart(random_run, tmp_p
                  "--baselines=mean_logmel"])
   out = random_run / "eval"
   results = json.loads((out / "results.json").read_text())["tones"]
-  assert set(results) == {"linear", "mlp", "knn", "fewshot"}
+  assert set(results) == {"linear", "linear_validated", "mlp", "knn", "fewshot"}
   for protocol, by_set in results.items():
     # Few-shot also compares the two on the same episodes.
     assert set(by_set) == {"trained", "mean_logmel"} | (
@@ -313,6 +312,29 @@ def test_evaluate_all_protocols_writes_results_table_and_chart(random_run, tmp_p
   table = (out / "results.md").read_text()
   assert "| tones | fewshot | accuracy_1shot |" in table and "(95 % CI)" in table
   assert (out / "results.png").stat().st_size > 10_000
+
+
+def test_main_probe_runs_the_validated_linear_protocol_and_names_it(random_run, monkeypatch):
+  """The main job's summary: the export's probe.protocol (linear_validated by default)
+  on the three feature sets, named in `probe_protocol`, with each probe's lr."""
+  asked = []
+
+  def fake_evaluate(workdir, sources, protocols, feature_sets):
+    asked.append((protocols, feature_sets))
+    def result(acc, lr):
+      return {"scores": {"accuracy": {"per_seed": [acc, acc + 0.02], "mean": acc + 0.01,
+                                      "std": 0.01}},
+              "chosen": [{"hidden_layers": 0, "lr": lr, "valid_scores": {}}]}
+    return {"tones": {protocols[0]: {"trained": result(0.8, 1e-3),
+                                     "random_init": result(0.5, 3e-4),
+                                     "mean_logmel": result(0.6, 1e-3)}}}
+
+  monkeypatch.setattr(suite, "evaluate", fake_evaluate)
+  summary = suite.probe_workdir(random_run, ["tones"])
+  assert asked == [(("linear_validated",), ("trained", "random_init", "mean_logmel"))]
+  assert summary["probe_protocol"] == "linear_validated"
+  assert summary["probe_accuracy"] == pytest.approx(0.81)
+  assert summary["tasks"]["tones"]["random_init"] == {"mean": 0.51, "std": 0.01, "lr": 3e-4}
 
 
 @pytest.mark.slow
@@ -361,11 +383,16 @@ def test_fewshot_on_held_out_classes_against_the_run_it_started_from(random_run,
 
 def test_multilabel_task_reports_map_and_d_prime(random_run, tmp_path):
   folder = make_tone_task(tmp_path / "multi", per_class=12, multilabel=True)
-  results = suite.evaluate(random_run, [folder], ("linear", "knn"), ("mean_logmel",))
-  for protocol in ("linear", "knn"):
+  # The lr chosen on validation: at EVAR's 3e-5 the tiny probe budget (20 epochs of
+  # 36 clips) hardly moves the probe.
+  results = suite.evaluate(random_run, [folder], ("linear_validated", "knn"), ("mean_logmel",))
+  for protocol in ("linear_validated", "knn"):
     got = results["multi"][protocol]["mean_logmel"]["scores"]
     # Chance mAP is the class prevalence (~0.3 here); the tiny probe budget stops short.
     assert set(got) == {"mAP", "d_prime"} and got["mAP"]["mean"] > 0.55
+  chosen, = results["multi"]["linear_validated"]["mean_logmel"]["chosen"]
+  grid = export.load_config(random_run / "export").probe.lr_grid
+  assert list(chosen["valid_scores"]) == [f"{lr:g}" for lr in grid] and chosen["lr"] in grid
 
 
 def test_evaluate_cli_errors_name_the_problem(random_run, tmp_path, capsys):

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from data_pipelines import frontends
 from jepa_jax import models
 from jepa_jax.config import fields, shapes, validation
 from jepa_jax.evaluation import finetune, task_data
@@ -17,8 +18,14 @@ from jepa_jax.models import attention, vit
 from jepa_jax.optim import layerwise
 from tests.tiny import tiny_config
 
-FRONTEND_META = {"frontend": {"name": "audio_jepa"},
+FRONTEND_META = {"frontend": frontends.get_frontend("audio_jepa").to_dict(),
                  "normalization": {"mean": -7.0, "std": 4.0}, "frames": 64}
+# audio_jepa pads every clip with its floor: the clip's features do not matter.
+PAD = task_data.pad_value(FRONTEND_META, np.zeros((80, 1), np.float32))
+
+
+def _pads(mels):
+  return [PAD] * len(mels)
 
 
 def _tokens(shape, seed=0):
@@ -250,7 +257,7 @@ def test_learning_rates_are_optax_warmup_cosine_at_the_scaled_peak():
 
 
 def test_training_crops_and_evaluation_chunks():
-  pad = task_data.pad_value(FRONTEND_META)
+  pad = PAD
   task = _task(n_per=1)[0]
   assert finetune.train_window(task, FRONTEND_META) == 64
   short = _task(n_per=1, unit_sec=0.3)[0]
@@ -312,7 +319,7 @@ def test_finetuning_learns_a_separable_task_over_folds():
   task, mels = _task(n_per=24, folds=True)
   events = []
   out = finetune.finetune_task(enc, params, FRONTEND_META, task, mels, SETTINGS,
-                               progress=events.append)
+                               progress=events.append, pads=_pads(mels))
   assert out["headline"] == "accuracy"
   assert [(r["seed"], r["fold"]) for r in out["runs"]] == [(0, 0), (0, 1)]
   assert len(events) == 2 * SETTINGS["epochs"]
@@ -331,11 +338,13 @@ def test_same_seed_same_result_and_other_seeds_differ():
   enc, params = _encoder()
   task, mels = _task(n_per=6)
   settings = {**SETTINGS, "epochs": 2}
-  first = finetune.finetune_task(enc, params, FRONTEND_META, task, mels, settings)
-  again = finetune.finetune_task(enc, params, FRONTEND_META, task, mels, settings)
+  first = finetune.finetune_task(enc, params, FRONTEND_META, task, mels, settings,
+                                 pads=_pads(mels))
+  again = finetune.finetune_task(enc, params, FRONTEND_META, task, mels, settings,
+                                 pads=_pads(mels))
   assert first == again
   other = finetune.finetune_task(enc, params, FRONTEND_META, task, mels,
-                                 {**settings, "seed": 1})
+                                 {**settings, "seed": 1}, pads=_pads(mels))
   assert other["runs"][0]["history"] != first["runs"][0]["history"]
   # The given encoder parameters are left as they were (the step donates its own copy).
   np.testing.assert_array_equal(params["patch_embed"]["kernel"],
@@ -346,7 +355,8 @@ def test_multilabel_finetuning_with_mixup_and_balanced_sampling():
   enc, params = _encoder()
   task, mels = _task(n_per=12, multilabel=True, amp=1.0)
   out = finetune.finetune_task(enc, params, FRONTEND_META, task, mels,
-                               {**SETTINGS, "epochs": 4, "mixup": 0.5, "seeds": 2})
+                               {**SETTINGS, "epochs": 4, "mixup": 0.5, "seeds": 2},
+                               pads=_pads(mels))
   assert out["headline"] == "mAP"
   assert set(out["scores"]) == {"mAP", "d_prime"}
   assert len(out["scores"]["mAP"]["per_seed"]) == 2
@@ -379,4 +389,5 @@ def test_bad_settings_are_clear_config_errors():
   enc, params = _encoder()
   task, mels = _task(n_per=2)
   with pytest.raises(ValueError, match="does not match the encoder"):
-    finetune.finetune_task(enc, params, {**FRONTEND_META, "frames": 32}, task, mels, {})
+    finetune.finetune_task(enc, params, {**FRONTEND_META, "frames": 32}, task, mels, {},
+                           pads=_pads(mels))

@@ -127,7 +127,7 @@ def test_mae_gradient_is_the_mean_of_its_micro_batch_gradients():
   and the BatchNorm statistics the micro-batch before left, then one update."""
   config = tiny_mae_config(batch_size=8, micro_batches=2)
   config.mae.input_norm = "batch_norm"
-  config.decoder.update(depth=1, attention="global")
+  config.decoder.update(depth=1, attention="global", block="prenorm")
   objective = objectives.build(config, 10)
   tx, schedules = _optimizer(config, objective)
   state = _state(objective, tx)

@@ -50,6 +50,12 @@ def encoder_input(model, wave: np.ndarray) -> np.ndarray:
   return task_data.normalize(m.frontend.logmel(wave), m.frontend_meta)
 
 
+def clip_pad(model, wave: np.ndarray) -> np.ndarray:
+  """What the sound's last chunk is padded with: its own pad value, as encoder input."""
+  m = jax_model(model)
+  return task_data.pad_value(m.frontend_meta, m.frontend.logmel(wave))
+
+
 def jax_model(model) -> hear.HearModel:
   return getattr(model, "jax_model", model)
 
@@ -104,7 +110,7 @@ def test_shifted_passes(model):
   k_passes, shift = m.passes, m.shift_frames
   for j in range(k_passes):
     ref = features.frame_embeddings(m.encoder, m.params, [mel[:, j * shift:]], m.frames,
-                                    m.pad, m.batch_size, "concat")[0]
+                                    clip_pad(model, audio[0]), m.batch_size, "concat")[0]
     mine = emb[0, j::k_passes]
     assert len(mine) <= len(ref)
     np.testing.assert_allclose(mine, ref[:len(mine)], rtol=1e-5, atol=1e-5)
@@ -121,12 +127,13 @@ def test_scene_is_time_mean(model):
   audio = noise(2, 1.5, seed=2)
   scene = hear.get_scene_embeddings(audio, model)
   mels = [encoder_input(model, wave) for wave in audio]
-  frames = features.frame_embeddings(m.encoder, m.params, mels, m.frames, m.pad,
+  pads = [clip_pad(model, wave) for wave in audio]
+  frames = features.frame_embeddings(m.encoder, m.params, mels, m.frames, pads,
                                      m.batch_size, "concat")
   np.testing.assert_allclose(scene, np.stack([f.mean(0) for f in frames]), rtol=1e-5,
                              atol=1e-6)
   np.testing.assert_allclose(scene, features.clip_embeddings(
-      m.encoder, m.params, mels, m.frames, m.pad, m.batch_size, "concat"), rtol=1e-6,
+      m.encoder, m.params, mels, m.frames, pads, m.batch_size, "concat"), rtol=1e-6,
       atol=1e-7)
 
 
@@ -158,7 +165,7 @@ def test_short_audio(model):
   m = dataclasses.replace(jax_model(model), frontend=frontends.AJEPA, frontend_meta={
       "frontend": frontends.AJEPA.to_dict(), "frames": 64,
       "normalization": {"mean": 0.0, "std": 1.0}})
-  (mel,) = hear._inputs(m, np.zeros((1, 10), np.float32))
+  (mel,), _ = hear._inputs(m, np.zeros((1, 10), np.float32))
   assert mel.shape == (128, 1)
 
 
@@ -220,3 +227,40 @@ def test_torch_round_trip(model):
   assert np.array_equal(emb.numpy(), ref_emb) and np.array_equal(ts.numpy(), ref_ts)
   with pytest.raises(ValueError, match="float samples"):
     hear.get_scene_embeddings(torch.zeros((1, 100), dtype=torch.int16), model)
+
+
+def test_an_old_export_embeds_with_the_filterbank_it_was_trained_with(model, tmp_path):
+  """tests/fixtures/v0_workdir/export recorded audio_jepa before its filterbank became
+  M2D's (Slaney, area-normalised) and before frontend.json said which: HEAR and the
+  evaluation rebuild the HTK triangles of peak 1 it was trained on; today's export (the
+  `model` fixture) gets today's filterbank."""
+  import json
+  from pathlib import Path
+
+  import librosa
+
+  from data_pipelines import audio_io
+  from data_pipelines import tasks as tasks_lib
+
+  old_export = Path(__file__).parent / "fixtures" / "v0_workdir" / "export"
+  meta = json.loads((old_export / "frontend.json").read_text())
+  assert "mel_scale" not in meta["frontend"]
+  old = jax_model(hear.load_model(old_export, batch_size=16))
+  fe = frontends.AUDIO_JEPA
+  htk = librosa.filters.mel(sr=SR, n_fft=fe.n_fft, n_mels=fe.n_mels, fmin=fe.fmin,
+                            fmax=fe.fmax, htk=True, norm=None, dtype=np.float64)
+  np.testing.assert_allclose(old.frontend.filterbank, htk, rtol=1e-12, atol=0)
+  np.testing.assert_allclose(jax_model(model).frontend.filterbank, fe.filterbank)
+  assert not np.allclose(fe.filterbank, htk)
+  then = dataclasses.replace(fe, mel_scale="htk", mel_norm=None)
+  wave = noise(1, 0.5, seed=6)[0]
+  (mel,), _ = hear._inputs(old, wave[None])
+  np.testing.assert_allclose(mel, task_data.normalize(then.logmel(wave), meta), rtol=1e-6)
+  # The evaluation's task clips, alike.
+  (tmp_path / "audio").mkdir()
+  audio_io.write_wav(tmp_path / "audio" / "a.wav", wave, SR)
+  tasks_lib.write_task(tmp_path, [tasks_lib.TaskRow(Path("audio") / "a.wav", ("x",))])
+  _, (clip,) = task_data.load_mels(tmp_path, meta)
+  loaded = audio_io.load_audio(tmp_path / "audio" / "a.wav", SR)
+  np.testing.assert_allclose(clip, task_data.normalize(then.logmel(loaded), meta), rtol=1e-6)
+  assert not np.allclose(clip, task_data.normalize(fe.logmel(loaded), meta), atol=1e-2)

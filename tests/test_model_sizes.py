@@ -26,6 +26,13 @@ def block_params(d: int, mlp: int) -> int:
   return (3 * d * d + 3 * d) + (d * d + d) + 4 * d + (d * mlp + mlp) + (mlp * d + d)
 
 
+def swinv2_extra(heads: int, hidden: int = 384) -> int:
+  """What a Swin V2 block (AudioMAE's local decoder block, models/swinv2.py) has on top of
+  a pre-norm block: the position bias MLP (2 x hidden + hidden, hidden x heads + heads)
+  and one temperature per head."""
+  return (2 * hidden + hidden) + (hidden * heads + heads) + heads
+
+
 def stack_params(d: int, depth: int, mlp: int) -> int:
   """depth blocks and the final LayerNorm."""
   return depth * block_params(d, mlp) + 2 * d
@@ -140,12 +147,14 @@ def test_dec_25m_in_the_audiomae_global_config():
   assert counts["decoder"] == head_params(512, 8, 2048, 768, PATCH_16) == 25_745_664
 
 
-@pytest.mark.parametrize("config_name, depth", [("audio_jepa", 8), ("ajepa", 16)])
-def test_jepa_predictor_sizes(config_name, depth):
-  """Audio-JEPA predictor 8 x 512 (queries), A-JEPA 16 x 512 (full grid, local windows),
-  both from and to the ViT-B width."""
+@pytest.mark.parametrize("config_name, depth, swinv2", [("audio_jepa", 8, False),
+                                                        ("ajepa", 16, True)])
+def test_jepa_predictor_sizes(config_name, depth, swinv2):
+  """Audio-JEPA predictor 8 x 512 (queries), A-JEPA 16 x 512 (full grid, local windows,
+  Swin V2 blocks), both from and to the ViT-B width."""
   counts = main.parameter_counts(load_config_module(config_name).get_config())
-  assert counts["predictor"] == head_params(512, depth, 2048, 768, 768)
+  extra = depth * swinv2_extra(16) if swinv2 else 0
+  assert counts["predictor"] == head_params(512, depth, 2048, 768, 768) + extra
   assert counts["encoder"] == encoder_params(768, 12, 3072, PATCH_16)
 
 
@@ -169,5 +178,6 @@ def test_dry_run_prints_the_vit_l_counts():
   assert result.returncode == 0, result.stderr
   counts = json.loads(result.stdout.strip().splitlines()[-1])["params"]
   assert counts == {"encoder": encoder_params(1024, 24, 4096, PATCH_16),
-                    "decoder": head_params(512, 16, 2048, 1024, PATCH_16)}
+                    "decoder": head_params(512, 16, 2048, 1024, PATCH_16)
+                    + 16 * swinv2_extra(16)}
   assert _within(counts["encoder"], 302.6e6)

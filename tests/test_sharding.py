@@ -136,23 +136,24 @@ def test_checkpoint_from_fsdp_restores_on_two_devices_and_one_and_continues(tmp_
   iterator = iter(source.dataset)
   state, _ = _run(source, source.compiled.initial_state(), iterator)
   ckpt = checkpoint.Checkpointer(tmp_path, keep=2)
-  ckpt.save(STEPS, state, iterator)
+  ckpt.save(STEPS, state, checkpoint.DataPosition(STEPS, tiny_config().train.batch_size))
   ckpt.wait()
   saved = _values(state)
   reference, reference_losses = _run(source, state, iterator)  # uninterrupted
 
   two = _mesh("fsdp2")
-  on_two = ckpt.restore(STEPS, checkpoint.abstract_with_shardings(
-      *_abstract_state(tiny_config(), two)), iter(source.dataset))
+  on_two, _ = ckpt.restore(STEPS, checkpoint.abstract_with_shardings(
+      *_abstract_state(tiny_config(), two)))
   assert {d for x in jax.tree.leaves(on_two) for d in x.sharding.device_set} == set(
       two.devices.flat)
   assert _first_device_fraction(on_two["params"]) < 0.6
   jax.tree.map(np.testing.assert_array_equal, _values(on_two), saved)
 
   one = _setup("one")
-  resumed_iterator = iter(one.dataset)
-  on_one = ckpt.restore(STEPS, one.compiled.abstract_state, resumed_iterator)
+  on_one, position = ckpt.restore(STEPS, one.compiled.abstract_state)
   ckpt.close()
+  resumed_iterator = iter(datasets.train_dataset(
+      tiny_config(), datasets.resolve(tiny_config()), position.global_batches))
   jax.tree.map(np.testing.assert_array_equal, _values(on_one), saved)
   continued, losses = _run(one, on_one, resumed_iterator)  # from the restored data position
   np.testing.assert_allclose(losses, reference_losses, **TOLERANCE)

@@ -2,13 +2,15 @@
 losses stop it with nothing good lost."""
 import json
 import os
+import shutil
 import signal
 
 import jax
 import numpy as np
 import pytest
 
-from jepa_jax import export
+from data_pipelines import frontends
+from jepa_jax import export, main
 from jepa_jax.evaluation import suite
 from jepa_jax.objectives import jepa
 from jepa_jax.training import checkpoint, loop
@@ -60,6 +62,9 @@ def test_run_finishes_logs_and_exports(finished_run):
     assert np.isfinite(lines[-1][key])
   assert list((workdir / "tensorboard").iterdir())
   assert (workdir / "export" / "frontend.json").exists()
+  # The recipe the run started on, which a resume must match (loop.check_workdir).
+  assert json.loads((workdir / loop.FRONTEND_FILE).read_text()) == (
+      frontends.get_frontend("audio_jepa").to_dict())
 
 
 @pytest.mark.slow
@@ -79,6 +84,21 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(finished_run, tmp_path
   jax.tree.map(np.testing.assert_array_equal, _params(tmp_path), _params(reference_dir))
   steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert steps == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_a_finished_run_started_again_reports_its_last_logged_loss(finished_run, tmp_path):
+  # Killed after its last checkpoint and restarted: it resumes at the end, runs no step
+  # and logs nothing, yet its summary gives the loss the run last logged.
+  reference_dir, first, _ = finished_run
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_dir, workdir)
+  again = loop.train(tiny_config(checkpoint_every=100), workdir)
+  assert (again.step, again.interrupted, again.last_metrics) == (6, False, {})
+  config = tiny_config(checkpoint_every=100)
+  final_loss = main.summary(config, again, str(workdir), probe=False)["final_loss"]
+  assert final_loss == first.last_metrics["loss"] is not None
+  assert main.summary(config, again, str(workdir), probe=False)["final_loss"] == final_loss
 
 
 def test_a_second_signal_while_the_last_checkpoint_is_written_does_not_kill_the_run(

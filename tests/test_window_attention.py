@@ -37,7 +37,8 @@ def dense_reference(params, x, allowed, num_heads):
   qkv = np.einsum("bnc,cshd->bnshd", x, p["qkv"]["kernel"]) + p["qkv"]["bias"]
   q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
   logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(width // num_heads)
-  logits = np.where(allowed[None, None], logits, -np.inf)
+  allowed = np.broadcast_to(allowed, (b, n, n))  # (N, N) or, with a key mask, (B, N, N)
+  logits = np.where(allowed[:, None], logits, -np.inf)
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
   out = np.einsum("bhqk,bkhd->bqhd", weights, v)
@@ -159,3 +160,122 @@ def test_dense_attention_keeps_the_dtype_and_a_query_without_keys_averages():
   none = jnp.zeros((1, 1, 4, 4), bool)
   np.testing.assert_allclose(attention.dense_attention(q, k, v, none),
                              jnp.broadcast_to(v.mean(1, keepdims=True), v.shape), rtol=1e-6)
+
+
+# Any valid shift, not only window / 2 (issue 22): (grid, window, shift).
+ANY_SHIFT = [
+    ((4, 8), (4, 4), (0, 1)),
+    ((4, 8), (4, 4), (0, 3)),
+    ((4, 16), (4, 8), (0, 2)),
+    ((8, 8), (4, 4), (2, 2)),
+    ((4, 8), (4, 4), (0, 2)),   # the shipped A-JEPA / AudioMAE shift
+    ((8, 12), (4, 4), (1, 3)),
+    ((6, 9), (3, 3), (2, 1)),   # odd window: no shift is half of it
+    ((4, 8), (2, 4), (1, 0)),
+]
+
+
+def brute_force_allowed(grid, size, shift) -> np.ndarray:
+  """(N, N) bool, one (query, key) pair at a time: both in the same window of the grid
+  cyclically shifted by -shift, and in the same Swin region there, the regions being the
+  slices [0, -w), [-w, -s), [-s, end) of the SHIFTED positions along each axis."""
+  (gf, gt), n = grid, grid[0] * grid[1]
+
+  def shifted(token):  # token (f, t) sits at ((f - sf) mod F, (t - st) mod T) after the roll
+    return ((token // gt - shift[0]) % gf, (token % gt - shift[1]) % gt)
+
+  def region(p, g, w, s):
+    return 0 if p < g - w else 1 if p < g - s else 2
+
+  allowed = np.zeros((n, n), bool)
+  for query in range(n):
+    qf, qt = shifted(query)
+    for key in range(n):
+      kf, kt = shifted(key)
+      same_window = (qf // size[0], qt // size[1]) == (kf // size[0], kt // size[1])
+      same_region = ((region(qf, gf, size[0], shift[0]), region(qt, gt, size[1], shift[1]))
+                     == (region(kf, gf, size[0], shift[0]), region(kt, gt, size[1], shift[1])))
+      allowed[query, key] = same_window and same_region
+  return allowed
+
+
+def model_allowed(windows: attention.Windows) -> np.ndarray:
+  """(N, N) bool: the (query, key) pairs that the windows' attention mask lets through."""
+  n = windows.grid[0] * windows.grid[1]
+  tokens = windows.partition(np.arange(n)[None])  # (windows, w) token in each window slot
+  allowed = np.zeros((n, n), bool)
+  for window_tokens, mask in zip(tokens, windows.region_mask):
+    allowed[np.ix_(window_tokens, window_tokens)] = mask
+  return allowed
+
+
+@pytest.mark.parametrize("grid,size,shift", ANY_SHIFT)
+def test_window_mask_allows_exactly_the_swin_pairs_for_any_shift(grid, size, shift):
+  reference = brute_force_allowed(grid, size, shift)
+  np.testing.assert_array_equal(reference, swin_allowed(grid, size, shift))
+  allowed = model_allowed(attention.Windows(grid, size, shift))
+  wrong = np.argwhere(allowed != reference)
+  assert not len(wrong), f"{len(wrong)} wrong (query, key) pairs, e.g. {wrong[:4].tolist()}"
+
+
+def _mask_before_issue_22(windows: attention.Windows) -> np.ndarray:
+  """region_mask as built before issue 22: wrap labels on the original positions >= size
+  - shift, then rolled; right for shifts of 0 and window / 2 only."""
+  (gf, gt), (sf, st) = windows.grid, windows.shift
+  f, t = np.meshgrid(np.arange(gf), np.arange(gt), indexing="ij")
+  region = (f >= gf - sf) * 2 + (t >= gt - st)
+  region = windows.partition(region.reshape(1, -1))
+  return region[:, :, None] == region[:, None, :]
+
+
+@pytest.mark.parametrize("grid,size,shift", [
+    ((8, 64), (4, 4), (0, 2)),  # the shipped configs (128 mel bins, 1024 frames, 16 x 16)
+    ((8, 64), (4, 4), (0, 0)),  # their unshifted even blocks
+    ((8, 64), (4, 4), (2, 2)),
+    ((8, 12), (2, 6), (1, 3)),
+])
+def test_half_window_shifts_keep_the_mask_they_had(grid, size, shift):
+  # The mask is the only thing the fix touched, so an equal mask means equal outputs.
+  windows = attention.Windows(grid, size, shift)
+  np.testing.assert_array_equal(windows.region_mask, _mask_before_issue_22(windows))
+  np.testing.assert_array_equal(model_allowed(windows), swin_allowed(grid, size, shift))
+
+
+def test_the_old_mask_differs_for_other_shifts():
+  # So that the test above would notice a change: (0, 1) on 4 x 4 windows is not the same.
+  windows = attention.Windows((4, 8), (4, 4), (0, 1))
+  assert (windows.region_mask != _mask_before_issue_22(windows)).sum() > 0
+
+
+@pytest.mark.parametrize("grid,size,shift", ANY_SHIFT[:4])
+def test_windowed_outputs_depend_only_on_the_swin_pairs(grid, size, shift):
+  attn = attention.Attention(num_heads=1, windows=attention.Windows(grid, size, shift))
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(1, grid[0] * grid[1], 4)), jnp.float32)
+  params = nn.unbox(attn.init(jax.random.key(0), x)["params"])
+  jac = jax.jacobian(lambda y: attn.apply({"params": params}, y)[0])(x)  # (N, C, 1, N, C)
+  depends = np.abs(np.asarray(jac)).sum(axis=(1, 2, 4)) > 0
+  np.testing.assert_array_equal(depends, brute_force_allowed(grid, size, shift))
+
+
+@pytest.mark.parametrize("grid,size,shift", ANY_SHIFT)
+def test_windowed_attention_with_a_key_mask_equals_dense_attention_with_the_reference_mask(
+    grid, size, shift):
+  attn = attention.Attention(num_heads=2, windows=attention.Windows(grid, size, shift))
+  n = grid[0] * grid[1]
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(3, n, 8)).astype(np.float32)
+  params = nn.unbox(attn.init(jax.random.key(0), x)["params"])
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape), params)
+  reference = brute_force_allowed(grid, size, shift)
+  np.testing.assert_allclose(attn.apply({"params": params}, x),
+                             dense_reference(params, x.astype(np.float64), reference, 2),
+                             atol=2e-5, rtol=1e-4)
+  # Masked tokens (padding, dropped keys) compose with the regions: keys off in both.
+  valid = rng.uniform(size=(3, n)) > 0.3
+  allowed = reference[None] & valid[:, None, :]
+  out = np.asarray(attn.apply({"params": params}, x, jnp.asarray(valid)))
+  with np.errstate(invalid="ignore"):  # NaN rows: queries with no key left
+    ref = dense_reference(params, x.astype(np.float64), allowed, 2)
+  keeps_a_key = allowed.any(-1)  # a query left with no key has no reference value
+  assert keeps_a_key.mean() > 0.5
+  np.testing.assert_allclose(out[keeps_a_key], ref[keeps_a_key], atol=2e-5, rtol=1e-4)

@@ -121,6 +121,10 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
       frontend=frontend, frames=frames,
       normalization="dataset",  # mean/std measured on the shards; 'recipe': its constants
       gain_jitter_db=0.0, worker_count=0,
+      # Roll each clip by a uniform random offset of its frames before padding and
+      # cropping (A-JEPA's cyclic 10 s segment from a random start): content wraps around,
+      # the padding stays at the end (data_pipelines/pipeline.py crop).
+      cyclic_crop=False,
       # Classes held out of training, 'task:name,name;task:name' (the records' label maps):
       # clips whose label is one of them are never read, e.g. to test on unseen classes.
       exclude_classes=""))
@@ -164,9 +168,18 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
   # leaf over replicated_mib MiB left whole on every device (no rule splits it) is warned
   # about, or stops the run when fail is True.
   c.sharding_check = ml_collections.ConfigDict(dict(replicated_mib=4.0, fail=False))
-  # Linear probe after training (EVAR protocol) on the embedded corpus's held-out tasks.
+  # Linear probe after training on the embedded corpus's held-out tasks, and the frozen
+  # protocols of jepa_jax.evaluate (evaluation/frozen.py). `linear` is EVAR's linear
+  # evaluation (nttcslab/eval-audio-repr): lr = its lr_lineareval for the encoder's family
+  # (config/m2d.yaml: 3e-5 for M2D-like ViTs, as this library's patch ViTs; 3e-4 for the
+  # others, recipes set theirs), up to 200 epochs (lineareval.py), patience 20
+  # (early_stop_epochs), batch 200 (torch_mlp_clf2.py: min(200, n)), seeds 3
+  # (2pass_lineareval.py repeat=3). `linear_validated` picks the lr of lr_grid with the
+  # best mean validation score. `protocol`: the main job's ('linear' or
+  # 'linear_validated').
   c.probe = ml_collections.ConfigDict(dict(
-      seeds=3, lr=1e-3, max_epochs=200, patience=20, batch_size=128, chunk_batch=64))
+      protocol="linear_validated", lr=3e-5, lr_grid=PROBE_LR_GRID, seeds=3,
+      max_epochs=200, patience=20, batch_size=200, chunk_batch=64))
   c.finetune = finetune_config()
   # Warm start: a workdir (or its export/) whose encoder this run starts from; "" = none.
   c.init_from = ""
@@ -182,16 +195,26 @@ def set_encoder_size(c: ml_collections.ConfigDict, size: str) -> None:
 
 def predictor_config(size: str | dict, layout: str, attention: str = "global",
                      window: tuple[int, int] = (4, 4), shift: tuple[int, int] = (0, 2),
-                     positions: str = "sincos") -> ml_collections.ConfigDict:
+                     positions: str = "sincos", block: str = "prenorm"
+                     ) -> ml_collections.ConfigDict:
   """A predictor / decoder section. `layout`: 'queries' (context + a mask token per
   target) or 'full_grid' (context restored on the grid, mask tokens elsewhere);
   `attention` 'global' or 'local' (windows of (freq, time) tokens, shifted by `shift`
-  on odd blocks)."""
+  on odd blocks); `block` 'prenorm' (the encoder's pre-norm block) or 'swinv2'
+  (AudioMAE's local decoder block, models/swinv2.py: post-norm, scaled cosine window
+  attention, relative position bias MLP; local attention only)."""
   shape = PREDICTOR_SIZES[size] if isinstance(size, str) else size
   return ml_collections.ConfigDict(dict(
       layout=layout, attention=attention, window=dict(freq=window[0], time=window[1]),
-      shift=dict(freq=shift[0], time=shift[1]), positions=positions,
+      shift=dict(freq=shift[0], time=shift[1]), positions=positions, block=block,
       scan_layers=False, remat="auto", **shape))
+
+
+PROBE_PROTOCOLS = ("linear", "linear_validated")  # what the main job's probe may run
+# linear_validated's lrs: EVAR's two lr_lineareval values, 1e-3 (this library's probe lr
+# before it followed EVAR's) and two above it, where the embedded corpus's small tasks
+# (800 training clips) had their best validation scores
+PROBE_LR_GRID = (3e-5, 3e-4, 1e-3, 3e-3, 1e-2)
 
 
 # Fields that may change when a run resumes: they do not change what is computed.

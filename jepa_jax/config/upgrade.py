@@ -10,13 +10,16 @@ from jepa_jax.config import fields
 # configs with a decoder).
 ADDED_FIELDS = {
     "init_from": "",  # warm start, once uaMix's alone
-    "data.exclude_classes": "",
+    "data.exclude_classes": "", "data.cyclic_crop": False,
     "uamix.augment.background": 0.0,
     "model.scan_layers": False, "model.remat": "none",
     "predictor.scan_layers": False, "predictor.remat": "none",
     "decoder.scan_layers": False, "decoder.remat": "none",
+    "predictor.block": "prenorm", "decoder.block": "prenorm",  # before models/swinv2.py
     "optim.layer_decay": 1.0, "optim.frozen_layers": 0,
     "train.micro_batches": 1,
+    # The main job probed with `linear` (at the saved probe.lr) before linear_validated.
+    "probe.protocol": "linear", "probe.lr_grid": fields.PROBE_LR_GRID,
 }
 # Fields renamed since: old name -> new name (the value moves).
 RENAMED_FIELDS = {"uamix.head": "uamix.projector"}

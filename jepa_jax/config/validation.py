@@ -12,6 +12,7 @@ from jepa_jax import masks, models, objectives
 from jepa_jax.config import fields, shapes
 from jepa_jax.models import attention, vit
 from jepa_jax.parallel import distributed
+from jepa_jax.parallel import mesh as mesh_lib
 
 
 def _check(errors: list[str], ok: bool, message: str) -> None:
@@ -89,6 +90,8 @@ def _data_errors(config: ml_collections.ConfigDict) -> list[str]:
          f"data.normalization must be 'dataset' or 'recipe', got {d.normalization!r}")
   _check(e, d.gain_jitter_db >= 0, f"data.gain_jitter_db must be >= 0, got {d.gain_jitter_db}")
   _check(e, d.worker_count >= 0, f"data.worker_count must be >= 0, got {d.worker_count}")
+  _check(e, isinstance(d.cyclic_crop, bool),
+         f"data.cyclic_crop must be True or False, got {d.cyclic_crop!r}")
   _positive(e, config, "data.synthetic", "num_pretrain", "num_probe")
   try:
     fields.parse_classes(d.exclude_classes)
@@ -171,12 +174,24 @@ def _run_errors(config: ml_collections.ConfigDict) -> list[str]:
          f"train.micro_batches must be 'auto' or an integer >= 1 dividing train.batch_size "
          f"{t.batch_size}, got {t.micro_batches!r}")
   mesh_sizes = [config.mesh[a] for a in ("data", "fsdp", "model")]
-  _check(e, all(s == -1 or s >= 1 for s in mesh_sizes) and mesh_sizes.count(-1) <= 1,
-         f"mesh sizes must be >= 1 with at most one -1 (fill), got {mesh_sizes}")
+  sizes_ok = all(s == -1 or s >= 1 for s in mesh_sizes) and mesh_sizes.count(-1) <= 1
+  _check(e, sizes_ok, f"mesh sizes must be >= 1 with at most one -1 (fill), got {mesh_sizes}")
+  if sizes_ok:
+    try:
+      mesh_lib.mesh_shape(config.mesh, jax.device_count())
+    except ValueError as err:
+      e.append(str(err))
   mib = config.sharding_check.replicated_mib
   _check(e, mib >= 0, f"sharding_check.replicated_mib must be >= 0 (MiB), got {mib}")
   _positive(e, config, "probe", "seeds", "lr", "max_epochs", "patience", "batch_size",
             "chunk_batch")
+  _check(e, config.probe.protocol in fields.PROBE_PROTOCOLS,
+         f"probe.protocol must be one of {', '.join(fields.PROBE_PROTOCOLS)}, got "
+         f"{config.probe.protocol!r}")
+  grid = config.probe.lr_grid
+  _check(e, isinstance(grid, (list, tuple)) and len(grid) > 0
+         and all(isinstance(v, (int, float)) and v > 0 for v in grid),
+         f"probe.lr_grid must be a non-empty list of learning rates > 0, got {grid!r}")
   _check(e, isinstance(config.init_from, str),
          f"init_from must be a path (a workdir or its export/) or '', got {config.init_from!r}")
   e.extend(distributed.config_errors(config.distributed, os.environ))
@@ -194,10 +209,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if grid is not None and "mask" in config:  # contrastive objectives mask nothing
     e.extend(masks.config_errors(config.mask, grid))
   e.extend(_optim_errors(config) + _run_errors(config))
-  if config.objective in objectives.OBJECTIVES:
+  if config.objective in objectives.OBJECTIVES and grid is not None:  # else reported above
     e.extend(objectives.OBJECTIVES[config.objective].config_errors(config))
   if e:
-    raise fields.ConfigError("invalid config:\n  - " + "\n  - ".join(e))
+    raise fields.ConfigError(one_line("invalid config", e))
+
+
+def one_line(title: str, errors: list[str]) -> str:
+  """Every error of a config on one line: a command's message is one line."""
+  return f"{title}: " + "; ".join(errors)
 
 
 def validate_dataset(config: ml_collections.ConfigDict, num_examples: int) -> None:
@@ -205,4 +225,4 @@ def validate_dataset(config: ml_collections.ConfigDict, num_examples: int) -> No
   check = getattr(objectives.OBJECTIVES[config.objective], "dataset_errors", None)
   e = check(config, num_examples) if check is not None else []
   if e:
-    raise fields.ConfigError("invalid config for this data:\n  - " + "\n  - ".join(e))
+    raise fields.ConfigError(one_line("invalid config for this data", e))

@@ -21,6 +21,10 @@ from jepa_jax.evaluation import features, task_data
 from jepa_jax.objectives import initial
 
 CACHE_DIR = "embeddings"
+# Part of every cache key: bump when the same inputs embed differently. 2: a clip's last
+# chunk is padded with that clip's own pad value (dasheng: its max - top_db where higher
+# than the floor), not the recipe's floor.
+CACHE_VERSION = 2
 
 
 MEAN_LOGMEL = "mean_logmel"  # the baseline feature set: the clip's log-mel averaged over time
@@ -94,18 +98,18 @@ def load_feature_sets(workdir: str | Path, names: tuple[str, ...] = ("trained",)
 
 def cache_path(workdir: str | Path, task: task_data.LabelledTask, feature_set: FeatureSet,
                frontend_meta: dict, freq_pool: str) -> Path:
-  key = task_data.fingerprint(feature_set.fingerprint, task.fingerprint, frontend_meta,
-                              freq_pool)
+  key = task_data.fingerprint(CACHE_VERSION, feature_set.fingerprint, task.fingerprint,
+                              frontend_meta, freq_pool)
   return Path(workdir).absolute() / CACHE_DIR / f"{task.name}-{feature_set.name}-{key}.npz"
 
 
-def _compute(feature_set: FeatureSet, mels, frontend_meta: dict, freq_pool: str,
+def _compute(feature_set: FeatureSet, mels, pads, frontend_meta: dict, freq_pool: str,
              chunk_batch: int) -> np.ndarray:
+  """`pads`: each clip's own (task_data.load_clips), for the last chunk."""
   if feature_set.encoder is None:
     return features.mean_logmel(mels)
   return features.clip_embeddings(feature_set.encoder, feature_set.params, mels,
-                                  frontend_meta["frames"], task_data.pad_value(frontend_meta),
-                                  chunk_batch, freq_pool)
+                                  frontend_meta["frames"], pads, chunk_batch, freq_pool)
 
 
 def _save(path: Path, x: np.ndarray) -> None:
@@ -135,17 +139,20 @@ def embed_tasks(workdir: str | Path, sources: list, feature_sets: list[FeatureSe
           out[fs.name] = f["x"]
     missing = {fs.name for fs in feature_sets if fs.name not in out}
     if missing:
-      task, mels = task_data.load_mels(source, frontend_meta, unit_sec, memo=memo)
-      pending.append((out, paths, missing, mels))
+      task, mels, pads = task_data.load_clips(source, frontend_meta, unit_sec, memo=memo)
+      pending.append((out, paths, missing, mels, pads))
     results.append((task, out))
   for fs in feature_sets:
-    jobs = [(out, paths, mels) for out, paths, missing, mels in pending if fs.name in missing]
-    unique = {id(m): m for _, _, mels in jobs for m in mels}  # shared clips once
+    jobs = [(out, paths, mels, pads) for out, paths, missing, mels, pads in pending
+            if fs.name in missing]
+    unique = {id(m): (m, p) for _, _, mels, pads in jobs
+              for m, p in zip(mels, pads)}  # shared clips once
     if not unique:
       continue
-    x = _compute(fs, list(unique.values()), frontend_meta, freq_pool, chunk_batch)
+    x = _compute(fs, [m for m, _ in unique.values()], [p for _, p in unique.values()],
+                 frontend_meta, freq_pool, chunk_batch)
     row = {key: i for i, key in enumerate(unique)}
-    for out, paths, mels in jobs:
+    for out, paths, mels, _ in jobs:
       out[fs.name] = x[[row[id(m)] for m in mels]]
       if cache:
         _save(paths[fs.name], out[fs.name])

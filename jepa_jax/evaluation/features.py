@@ -18,18 +18,31 @@ from jepa_jax.models import vit
 from jepa_jax.parallel import memory
 
 
+def pads_per_clip(pad_value, count: int) -> list:
+  """`pad_value` as one value per clip: a list (or tuple) holds one per clip already
+  (task_data.pad_value of each clip); anything else (a scalar or an (n_mels, 1) array)
+  pads every clip."""
+  if isinstance(pad_value, (list, tuple)):
+    if len(pad_value) != count:
+      raise ValueError(f"{len(pad_value)} pad values for {count} clips")
+    return list(pad_value)
+  return [pad_value] * count
+
+
 def chunk(mels: list[np.ndarray], frames: int, patch_frames: int, pad_value):
   """Split each (n_mels, T) clip into chunks of `frames`.
 
-  `pad_value`: a scalar or one value per mel bin, (n_mels, 1).
+  `pad_value`: the last chunk's padding, a list with one per clip (task_data.pad_value
+  of each clip, as task_data.load_clips gives them), or one for all: a scalar or one
+  value per mel bin, (n_mels, 1).
   Returns chunks (C, n_mels, frames), owner clip of each chunk (C,), and the number of
   time patches of each chunk that contain real frames (C,).
   """
   chunks, owner, cols = [], [], []
-  for i, mel in enumerate(mels):
+  for i, (mel, pad) in enumerate(zip(mels, pads_per_clip(pad_value, len(mels)))):
     total = mel.shape[1]
     n = max(1, math.ceil(total / frames))
-    padded = np.full((mel.shape[0], n * frames), pad_value, np.float32)
+    padded = np.full((mel.shape[0], n * frames), pad, np.float32)
     padded[:, :total] = mel
     for j in range(n):
       chunks.append(padded[:, j * frames:(j + 1) * frames])
@@ -93,7 +106,8 @@ def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frame
                      pad_value, batch_size: int = 64, freq_pool: str = "concat"
                      ) -> list[np.ndarray]:
   """Per clip, (time patches holding audio, D) embeddings, one per time patch of the
-  `frames`-long chunks laid end to end. Batches of chunks are padded to `batch_size`, or
+  `frames`-long chunks laid end to end, the last padded with `pad_value` (as `chunk`:
+  per clip, or one for all). Batches of chunks are padded to `batch_size`, or
   a smaller batch that fits the device: one compiled shape whatever the clips'
   lengths, and the same embeddings whatever the batch."""
   if freq_pool not in FREQ_POOLS:

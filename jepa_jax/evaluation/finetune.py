@@ -16,9 +16,9 @@ Training:
     weight decay on biases, norms and positions (optimizer.weight_decay_mask).
   Crops: a random window of model length (`frontend_meta['frames']`) per clip and epoch,
     or of the task's unit_sec when that is shorter (then padded to model length with the
-    front end's floor, as are clips shorter than the window). A clip longer than unit_sec
-    is cropped anywhere in it, as EVAR's random crop. Padding is input like any audio
-    (silence, as AudioMAE pads), never masked out.
+    clip's own pad, task_data.pad_value, as are clips shorter than the window). A clip
+    longer than unit_sec is cropped anywhere in it, as EVAR's random crop. Padding is
+    input like any audio (silence, as AudioMAE pads), never masked out.
   Mixup (`mixup` = alpha > 0): each example is mixed with a random partner of its batch,
     lambda ~ Beta(alpha, alpha) per example, spectrograms and targets alike.
   Token dropping (AudioMAE): each example keeps int(F * (1 - drop_freq)) of the F
@@ -38,7 +38,7 @@ Training:
     parameters and optimizer state replicated).
 
 Evaluation: plain attention, no dropping. Each clip (cut from its start to unit_sec when
-the task has one) is split into model-length chunks, the last padded with the floor;
+the task has one) is split into model-length chunks, the last padded with the clip's pad;
 a clip's logits are the mean of its chunks' logits weighted by the time patches that hold
 audio (features.chunk). After every epoch the validation split is scored; the epoch with
 the best headline score (accuracy or mAP; the earliest on ties) gives the test scores.
@@ -90,7 +90,7 @@ def settings_of(settings) -> ml_collections.ConfigDict:
   merged = {**fields.FINETUNE_DEFAULTS, **given}
   errors = validation.finetune_errors(merged)
   if errors:
-    raise fields.ConfigError("invalid fine-tuning settings:\n  - " + "\n  - ".join(errors))
+    raise fields.ConfigError(validation.one_line("invalid fine-tuning settings", errors))
   return ml_collections.ConfigDict(merged)
 
 
@@ -317,10 +317,12 @@ def batches(order: np.ndarray, batch_size: int):
 
 
 def eval_chunks(mels: list[np.ndarray], unit: int | None, frames: int, patch_frames: int,
-                pad: np.ndarray):
-  """(chunks (C, n_mels, frames), owner clip (C,), weight (C,)) of clips cut to `unit`."""
-  clips = [task_data.crop(m, unit, pad) for m in mels]
-  chunks, owner, cols = features.chunk(clips, frames, patch_frames, pad)
+                pads):
+  """(chunks (C, n_mels, frames), owner clip (C,), weight (C,)) of clips cut to `unit`,
+  each padded with its own pad (`pads`: one per clip, or one for all, as features.chunk)."""
+  pads = features.pads_per_clip(pads, len(mels))
+  clips = [task_data.crop(m, unit, pad) for m, pad in zip(mels, pads)]
+  chunks, owner, cols = features.chunk(clips, frames, patch_frames, pads)
   return chunks, owner, cols.astype(np.float64)
 
 
@@ -357,8 +359,8 @@ def _score(valid: dict, name: str) -> float:
   return -math.inf if math.isnan(value) else value
 
 
-def _fit(run: _Run, params, mels, split, evals, frontend_meta, task, seed: int, fold: int,
-         progress: Callable | None) -> dict:
+def _fit(run: _Run, params, mels, pads, split, evals, frontend_meta, task, seed: int,
+         fold: int, progress: Callable | None) -> dict:
   """One fine-tuning run: train on split[0], select the epoch on split[1], test split[2]."""
   s = run.s
   train_rows, valid_rows, test_rows = split
@@ -372,14 +374,13 @@ def _fit(run: _Run, params, mels, split, evals, frontend_meta, task, seed: int, 
   steps_per_epoch = math.ceil(len(train_rows) / s.batch_size)
   lrs = learning_rates(s, steps_per_epoch)
   window, frames = train_window(task, frontend_meta), int(frontend_meta["frames"])
-  pad = task_data.pad_value(frontend_meta)
   headline = scores.headline(run.multilabel)
   history, best, best_params, step = [], None, params, 0
   for epoch in range(1, s.epochs + 1):
     losses = []
     for rows, w in batches(train_rows[epoch_order(rng, len(train_rows), weights)],
                            s.batch_size):
-      mel = np.stack([random_crop(mels[r], window, frames, pad, rng) for r in rows])
+      mel = np.stack([random_crop(mels[r], window, frames, pads[r], rng) for r in rows])
       batch = {"mel": mel, "y": run.y[rows], "w": w}
       params, opt_state, loss = run.fns.step(params, opt_state, batch, lrs[step], step_key,
                                              np.int32(step))
@@ -401,9 +402,10 @@ def _fit(run: _Run, params, mels, split, evals, frontend_meta, task, seed: int, 
 
 def finetune_task(encoder: vit.Encoder, params, frontend_meta: dict,
                   task: task_data.LabelledTask, mels: list[np.ndarray], settings,
-                  progress: Callable[[dict], None] | None = None) -> dict:
-  """Fine-tune `encoder` (plain params) on `task`, whose whole clips are `mels`
-  (task_data.load_mels(..., whole=True)), once per seed and fold.
+                  progress: Callable[[dict], None] | None = None, *, pads: list) -> dict:
+  """Fine-tune `encoder` (plain params) on `task`, whose whole clips are `mels`, each
+  padded with its own pad in `pads` (both from task_data.load_clips(..., whole=True)),
+  once per seed and fold.
 
   `settings`: the `finetune` config section, or a dict of some of its fields (the others
   take FINETUNE_DEFAULTS). `progress` receives {seed, fold, epoch, loss, valid} after
@@ -416,9 +418,9 @@ def finetune_task(encoder: vit.Encoder, params, frontend_meta: dict,
   if frames != encoder.grid[1] * pt:
     raise ValueError(f"frontend_meta['frames'] = {frames} does not match the encoder's "
                      f"{encoder.grid[1]} time patches of {pt} frames")
-  if len(mels) != len(task):
-    raise ValueError(f"{len(mels)} spectrograms given for the {len(task)} clips of "
-                     f"task {task.name}")
+  if len(mels) != len(task) or len(pads) != len(task):
+    raise ValueError(f"{len(mels)} spectrograms and {len(pads)} pads given for the "
+                     f"{len(task)} clips of task {task.name}")
   if any(m.shape[0] != encoder.grid[0] * pf for m in mels):
     raise ValueError(f"the encoder takes {encoder.grid[0] * pf} mel bins; task {task.name} "
                      f"has clips of {sorted({m.shape[0] for m in mels})}")
@@ -431,16 +433,16 @@ def finetune_task(encoder: vit.Encoder, params, frontend_meta: dict,
   # Exported parameters arrive on one device; the steps take them replicated on the mesh.
   params = jax.device_put(params, NamedSharding(mesh, P()))
   run = _Run(encoder, fns, s, y.astype(np.float32), labels, task.multilabel)
-  unit, pad = task_data.unit_frames(task, frontend_meta), task_data.pad_value(frontend_meta)
+  unit = task_data.unit_frames(task, frontend_meta)
   folds = task_data.splits(task)
-  evals = [[eval_chunks([mels[r] for r in rows], unit, frames, pt, pad) for rows in split[1:]]
-           for split in folds]  # (valid, test) of each fold
+  evals = [[eval_chunks([mels[r] for r in rows], unit, frames, pt, [pads[r] for r in rows])
+            for rows in split[1:]] for split in folds]  # (valid, test) of each fold
   runs, per_seed = [], []
   for seed in range(s.seed, s.seed + s.seeds):
     fold_scores = []
     for fold, split in enumerate(folds):
-      result = _fit(run, params, mels, split, evals[fold], frontend_meta, task, seed, fold,
-                    progress)
+      result = _fit(run, params, mels, pads, split, evals[fold], frontend_meta, task, seed,
+                    fold, progress)
       runs.append(result)
       fold_scores.append(result["test"])
     per_seed.append({k: float(np.mean([f[k] for f in fold_scores])) for k in fold_scores[0]})

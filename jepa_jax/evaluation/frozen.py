@@ -1,12 +1,16 @@
-"""The frozen-encoder protocols on a task's clip embeddings: linear (EVAR), MLP (HEAR),
-k-NN (X-ARES) and few-shot (uaMix-MAE), each averaged over the task's folds."""
+"""The frozen-encoder protocols on a task's clip embeddings: linear (EVAR), linear with
+its lr validated, MLP (HEAR), k-NN (X-ARES) and few-shot (uaMix-MAE), each averaged over
+the task's folds."""
 import numpy as np
 
 from data_pipelines import tasks as tasks_lib
 from jepa_jax.config import fields
 from jepa_jax.evaluation import fewshot, knn, probe, scores, task_data
 
-FROZEN = ("linear", "mlp", "knn", "fewshot")
+FROZEN = ("linear", "linear_validated", "mlp", "knn", "fewshot")
+# How EVAR's linear evaluation trains besides the config's probe fields (probe.py):
+# its early-stopping rule (score >= best) and Adam's weight decay.
+EVAR_TRAINING = dict(ties=probe.TIES_LATER, weight_decay=probe.EVAR_WEIGHT_DECAY)
 
 
 def _fold_mean(per_fold: list[list[dict]]) -> list[dict]:
@@ -15,25 +19,38 @@ def _fold_mean(per_fold: list[list[dict]]) -> list[dict]:
           for s in range(len(per_fold[0]))]
 
 
-def _probes(x: np.ndarray, task: task_data.LabelledTask, kinds: list, lrs, cfg) -> dict:
+def _probes(x: np.ndarray, task: task_data.LabelledTask, kinds: list, lrs, cfg,
+            **training) -> dict:
   """Train a probe of each kind of `kinds` at each lr per fold, keep the best on
-  validation."""
+  validation (`chosen`, per fold: its depth, lr and every lr's mean validation score).
+  `training`: probe.train_probe's ties and weight_decay."""
   y = task.targets()
   per_fold, chosen = [], []
   for tr, va, te in task_data.splits(task):
     runs = [probe.train_probe(
         kind, probe.Split(x[tr], y[tr]), probe.Split(x[va], y[va]), probe.Split(x[te], y[te]),
         len(task.label_names), task.multilabel, seeds=cfg.seeds, lrs=lrs,
-        max_epochs=cfg.max_epochs, patience=cfg.patience, batch_size=cfg.batch_size)
+        max_epochs=cfg.max_epochs, patience=cfg.patience, batch_size=cfg.batch_size,
+        **training)
         for kind in kinds]
     best = int(np.argmax([r["valid_score"] for r in runs]))
     per_fold.append(runs[best]["per_seed"])
-    chosen.append({"hidden_layers": len(kinds[best].hidden), "lr": runs[best]["lr"]})
+    chosen.append({"hidden_layers": len(kinds[best].hidden), "lr": runs[best]["lr"],
+                   "valid_scores": {f"{lr:g}": v for lr, v in
+                                    zip(lrs, runs[best]["valid_scores"])}})
   return {"scores": scores.summary(_fold_mean(per_fold)), "chosen": chosen}
 
 
 def linear(x, task, cfg) -> dict:
-  return _probes(x, task, [probe.LINEAR], (cfg.lr,), cfg)
+  """EVAR's linear evaluation at `cfg.lr` (EVAR's lr_lineareval for the encoder's family;
+  EVAR's epochs, patience and batch are the probe section's defaults)."""
+  return _probes(x, task, [probe.LINEAR], (cfg.lr,), cfg, **EVAR_TRAINING)
+
+
+def linear_validated(x, task, cfg) -> dict:
+  """`linear` at each lr of `cfg.lr_grid`, the lr chosen by the mean validation score of
+  the seeds (the test split takes no part in the choice)."""
+  return _probes(x, task, [probe.LINEAR], tuple(cfg.lr_grid), cfg, **EVAR_TRAINING)
 
 
 def mlp(x, task, cfg) -> dict:
@@ -93,4 +110,5 @@ def fewshot_classes(spec: str, config, tasks: list) -> dict[str, tuple[str, ...]
   return chosen
 
 
-RUNNERS = {"linear": linear, "mlp": mlp, "knn": knn_protocol}  # fewshot: _fewshot_sets
+RUNNERS = {"linear": linear, "linear_validated": linear_validated, "mlp": mlp,
+           "knn": knn_protocol}  # fewshot: _fewshot_sets

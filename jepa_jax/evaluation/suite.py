@@ -4,8 +4,13 @@
         [--baselines=random_init,mean_logmel] [--freq_pool=concat|mean] [--unit_sec=S]
 
 P is one of (docs/evaluation.md):
-  linear    EVAR linear probe: standardised features, one linear layer, Adam at the
-            config's probe lr, early stopping on validation, best epoch, 3 seeds;
+  linear    EVAR's linear evaluation: standardised features, one linear layer, Adam at
+            the config's probe.lr (EVAR's for the encoder's family: 3e-5 for this
+            library's patch ViTs, 3e-4 for Dasheng), batch 200, up to 200 epochs, early
+            stopping after 20 epochs without a validation score >= the best, best epoch
+            restored, 3 seeds;
+  linear_validated  the same, at each lr of probe.lr_grid {3e-5, 3e-4, 1e-3, 3e-3, 1e-2},
+            the lr chosen on validation (the main job's probe);
   mlp       HEAR head: 1 or 2 hidden layers of 1024 with BatchNorm and dropout 0.1, the
             Adam lr grid {3.2e-3, 1e-3, 3.2e-4, 1e-4}; depth and lr chosen on validation;
   knn       L2-normalised cosine k-NN, k = 10, softmax-weighted vote at temperature 0.07;
@@ -16,7 +21,7 @@ P is one of (docs/evaluation.md):
             encoder on the same episodes ('trained - NAME': the paired difference);
   finetune  full fine-tuning (jepa_jax.evaluation.finetune; settings: the config's `finetune`
             section stored in the export, with --finetune=name=value,... on top);
-  all       the four frozen protocols, plus a bar chart.
+  all       the frozen protocols (all but finetune), plus a bar chart.
 Each runs on the trained encoder and on the baselines asked for (the encoder at its
 random initialisation by default; `mean_logmel`: the clip's log-mel averaged over time;
 a path with a '/': another run's exported encoder, e.g. the one this run started from).
@@ -46,7 +51,7 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -
   for source in sources:
     if not encoders:
       continue
-    task, mels = task_data.load_mels(source, frontend_meta, unit_sec, whole=True)
+    task, mels, pads = task_data.load_clips(source, frontend_meta, unit_sec, whole=True)
     for fs in encoders:
 
       def progress(p, name=fs.name, task_name=task.name):
@@ -56,7 +61,7 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -
 
       results.setdefault(task.name, {}).setdefault("finetune", {})[fs.name] = (
           finetune.finetune_task(fs.encoder, fs.params, frontend_meta, task, mels,
-                                 settings, progress=progress))
+                                 settings, progress=progress, pads=pads))
   return results
 
 
@@ -113,31 +118,41 @@ def _fewshot_sets(x: dict, task, classes: tuple[str, ...] | None) -> dict:
   return out
 
 
-def probe_summary(results: dict) -> dict:
-  """The main job's line from linear-probe results: task means per feature set,
-  `probe_accuracy<_name>` (the headline score: accuracy, or mAP for multi-label tasks)
-  and the seed std of the task mean (`..._seed_std`), with per-task values."""
-  out = {}
-  sets = next(iter(results.values()))["linear"]
+def _chosen_lr(result: dict) -> float | list[float]:
+  """The lr a linear protocol trained with: one value, or one per fold where they differ."""
+  lrs = [c["lr"] for c in result["chosen"]]
+  return lrs[0] if len(set(lrs)) == 1 else lrs
+
+
+def probe_summary(results: dict, protocol: str = "linear_validated") -> dict:
+  """The main job's line from linear-probe results (`protocol`, named as `probe_protocol`):
+  task means per feature set, `probe_accuracy<_name>` (the headline score: accuracy, or
+  mAP for multi-label tasks) and the seed std of the task mean (`..._seed_std`), with
+  per-task values and the lr each trained with."""
+  out = {"probe_protocol": protocol}
+  sets = next(iter(results.values()))[protocol]
   for fs in sets:
-    per_task = [next(iter(by_p["linear"][fs]["scores"].values()))["per_seed"]
+    per_task = [next(iter(by_p[protocol][fs]["scores"].values()))["per_seed"]
                 for by_p in results.values()]
     task_mean = scores.summary([{"s": v} for v in np.mean(per_task, 0)])["s"]
     key = "probe_accuracy" if fs == "trained" else f"probe_accuracy_{fs}"
     out[key], out[key + "_seed_std"] = task_mean["mean"], task_mean["std"]
-  out["tasks"] = {t: {fs: {k: v for k, v in next(iter(r["scores"].values())).items()
-                           if k in ("mean", "std")}
-                      for fs, r in by_p["linear"].items()}
+  out["tasks"] = {t: {fs: {**{k: v for k, v in next(iter(r["scores"].values())).items()
+                              if k in ("mean", "std")}, "lr": _chosen_lr(r)}
+                      for fs, r in by_p[protocol].items()}
                   for t, by_p in results.items()}
   return out
 
 
 def probe_workdir(workdir: str | Path, sources: list | None = None) -> dict:
-  """The main job's probe: linear protocol on the trained encoder, its random init and
-  the mean-log-mel baseline (default tasks: the embedded corpus's); `probe_summary`."""
-  results = evaluate(workdir, sources or default_tasks(workdir), ("linear",),
+  """The main job's probe: the export's `probe.protocol` (linear_validated unless set
+  otherwise; linear for exports written before the field) on the trained encoder, its
+  random init and the mean-log-mel baseline (default tasks: the embedded corpus's);
+  `probe_summary`."""
+  protocol = export.load_config(embeddings.export_dir(workdir)).probe.protocol
+  results = evaluate(workdir, sources or default_tasks(workdir), (protocol,),
                      ("trained", "random_init", embeddings.MEAN_LOGMEL))
-  return probe_summary(results)
+  return probe_summary(results, protocol)
 
 
 def default_tasks(workdir: str | Path) -> list[Path]:

@@ -8,8 +8,12 @@
 
 An optional `task.json` beside meta.csv / metadata.json sets the task's clip length
 `unit_sec` (EVAR's per-task setting): clips are cut to it, from the start for embeddings
-and evaluation, at a random offset for fine-tuning batches, and padded with the front
-end's floor when shorter. Without it every clip is used whole.
+and evaluation, at a random offset for fine-tuning batches, and padded when shorter.
+Without it every clip is used whole.
+
+Padding, wherever a clip or its last chunk is padded (here, features.chunk, fine-tuning,
+HEAR), is `pad_value(frontend_meta, clip)`: the front end's `pad_value` of that clip, the
+value training crops pad it with, as encoder input.
 """
 from __future__ import annotations
 
@@ -162,22 +166,27 @@ def normalize(features: np.ndarray, frontend_meta: dict) -> np.ndarray:
   return x.astype(np.float32)
 
 
-def pad_value(frontend_meta: dict) -> np.ndarray:
-  """(n_mels, 1): the recipe's floor as encoder input, what short clips are padded with.
+def frontend_of(frontend_meta: dict) -> frontends.FrontEnd:
+  """The front end an export recorded, as it computed when the encoder was trained (a
+  record older than a front-end field gets that field's value of then, not today's
+  recipe: FrontEnd.recorded)."""
+  return frontends.FrontEnd.recorded(frontend_meta["frontend"])
 
-  The floor is the feature value of digital silence for the ln recipes; for dasheng's dB
-  it is the amin floor, at or below a clip's own silence (max - top_db when top_db binds,
-  `FrontEnd.pad_value(mel)`), so padding is never louder than the clip's quietest value.
-  """
-  frontend = frontends.get_frontend(frontend_meta["frontend"]["name"])
-  return normalize(np.full((frontend.n_mels, 1), frontend.floor), frontend_meta)
+
+def pad_value(frontend_meta: dict, features: np.ndarray) -> np.ndarray:
+  """(n_mels, 1): the encoder input of digital silence appended to the clip whose front-end
+  features (before normalisation) are `features`: `FrontEnd.pad_value(features)`, the value
+  training crops pad that clip with, normalised. The floor for the ln recipes; for
+  dasheng's dB the clip max - top_db where that is above the amin floor."""
+  frontend = frontend_of(frontend_meta)
+  return normalize(np.full((frontend.n_mels, 1), frontend.pad_value(features)), frontend_meta)
 
 
 def unit_frames(task: LabelledTask, frontend_meta: dict) -> int | None:
   """The task's clip length in front-end frames (None: whole clips)."""
   if task.unit_sec is None:
     return None
-  return frontends.get_frontend(frontend_meta["frontend"]["name"]).frames(task.unit_sec)
+  return frontend_of(frontend_meta).frames(task.unit_sec)
 
 
 def crop(mel: np.ndarray, frames: int | None, pad: np.ndarray, start: int = 0) -> np.ndarray:
@@ -193,37 +202,52 @@ def crop(mel: np.ndarray, frames: int | None, pad: np.ndarray, start: int = 0) -
 def load_mels(source: str | Path, frontend_meta: dict, unit_sec: float | None = None,
               whole: bool = False, memo: dict | None = None
               ) -> tuple[LabelledTask, list[np.ndarray]]:
-  """The task and each clip as encoder input (n_mels, T), normalised as in training. Clips
+  """The task and each clip as encoder input (n_mels, T): load_clips without the pads."""
+  task, mels, _ = load_clips(source, frontend_meta, unit_sec, whole, memo)
+  return task, mels
+
+
+def load_clips(source: str | Path, frontend_meta: dict, unit_sec: float | None = None,
+               whole: bool = False, memo: dict | None = None
+               ) -> tuple[LabelledTask, list[np.ndarray], list[np.ndarray]]:
+  """The task, each clip as encoder input (n_mels, T), normalised as in training, and
+  each clip's pad (`pad_value`, (n_mels, 1)), what it is padded with wherever it is. Clips
   are cut from their start to the task's unit_sec unless `whole` (fine-tuning crops at
   random itself). Shards must come from the encoder's front end. `memo`, shared between
   calls, makes an audio file that several tasks name (by inode: hard links too) load
-  once and come back as the same array."""
+  once and come back as the same arrays."""
   task, handle = _open(source, unit_sec)
-  frontend = frontends.get_frontend(frontend_meta["frontend"]["name"])
+  frontend = frontend_of(frontend_meta)
   frames = None if whole else unit_frames(task, frontend_meta)
-  pad = pad_value(frontend_meta)
 
-  def prepared(raw: np.ndarray) -> np.ndarray:
-    return crop(normalize(raw, frontend_meta), frames, pad)
+  def prepared(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pad = pad_value(frontend_meta, raw)
+    return crop(normalize(raw, frontend_meta), frames, pad), pad
 
   if isinstance(handle, list):  # audio files
     memo = {} if memo is None else memo
-    mels = []
+    clips = []
     for path in handle:
       st = path.stat()
-      key = (st.st_dev, st.st_ino, st.st_mtime_ns, frontend.name, frames)
+      key = (st.st_dev, st.st_ino, st.st_mtime_ns, frontend, frames)
       if key not in memo:
         memo[key] = prepared(frontend.logmel(audio_io.load_audio(path, frontend.sample_rate)))
-      mels.append(memo[key])
-    return task, mels
-  records, clips = handle
-  shard_frontend = records.metadata["frontend"]
-  if shard_frontend != frontend.to_dict():
-    raise ValueError(f"{task.source} holds mels of front end {shard_frontend.get('name')!r}, "
-                     f"the encoder was trained on {frontend.name!r}: prepare the task "
-                     f"again with --frontend={frontend.name}")
-  return task, [prepared(np.concatenate([np.asarray(records[i]["mel"], np.float32)
-                                         for i in ids], 1)) for ids in clips]
+      clips.append(memo[key])
+  else:
+    records, ids_of_clips = handle
+    shard_frontend = frontends.upgrade_record(records.metadata["frontend"])
+    if shard_frontend != frontend.to_dict():
+      differing = sorted(k for k, v in frontend.to_dict().items() if shard_frontend.get(k) != v)
+      raise ValueError(
+          f"{task.source} holds mels of front end {shard_frontend.get('name')!r} made with "
+          f"other settings than the encoder's {frontend.name!r} input (differing in "
+          f"{', '.join(differing)}): prepare the task again with --frontend={frontend.name}"
+          + ("" if frontend == frontends.FRONTENDS.get(frontend.name) else
+             " (the encoder was trained on an older version of that recipe, which "
+             "prepare no longer makes: evaluate it on a task folder of audio)"))
+    clips = [prepared(np.concatenate([np.asarray(records[i]["mel"], np.float32)
+                                      for i in ids], 1)) for ids in ids_of_clips]
+  return task, [mel for mel, _ in clips], [pad for _, pad in clips]
 
 
 def _holdout(idx: np.ndarray, rng: np.random.Generator, fraction: float = 0.1):

@@ -77,7 +77,7 @@ def build_predictor(config: ml_collections.ConfigDict, grid: tuple[int, int],
       mlp_dim=p.mlp_dim, out_dim=config.model.width if out_dim is None else out_dim,
       dtype=DTYPES[config.model.dtype], attention_impl=_attention_impl(config.model),
       full_grid=p.layout == "full_grid", windows=windows(p, grid),
-      positions=p.positions, **stack_options(p))
+      positions=p.positions, block=p.block, **stack_options(p))
 
 
 def predictor_config_errors(config: ml_collections.ConfigDict, section: str,
@@ -91,6 +91,11 @@ def predictor_config_errors(config: ml_collections.ConfigDict, section: str,
     errors.append(f"{section}.attention must be one of {ATTENTION}, got {p.attention!r}")
   if p.positions not in vit.POSITIONS:
     errors.append(f"{section}.positions must be one of {vit.POSITIONS}, got {p.positions!r}")
+  if p.block not in predictor.BLOCKS:
+    errors.append(f"{section}.block must be one of {tuple(predictor.BLOCKS)}, got {p.block!r}")
+  elif p.block == "swinv2" and p.attention != "local":
+    errors.append(f"{section}.block 'swinv2' (AudioMAE's local decoder block) needs "
+                  f"{section}.attention 'local'; use block 'prenorm' for global attention")
   if p.attention == "local":
     if p.layout != "full_grid":
       errors.append(f"{section}.attention 'local' needs {section}.layout 'full_grid'")

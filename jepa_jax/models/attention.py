@@ -56,11 +56,23 @@ class Windows:
   def region_mask(self) -> np.ndarray:
     """(windows, w, w) bool: query and key were neighbours before the cyclic shift, i.e.
     both or neither wrapped across each edge (Swin's shifted-window attention mask)."""
-    f, t = np.meshgrid(np.arange(self.grid[0]), np.arange(self.grid[1]), indexing="ij")
-    # After rolling by -shift, positions >= size - shift hold the tokens that wrapped.
-    region = (f >= self.grid[0] - self.shift[0]) * 2 + (t >= self.grid[1] - self.shift[1])
+    f, t = (swin_regions(g, w, s) for g, w, s in zip(self.grid, self.size, self.shift))
+    # Regions are labelled in shifted coordinates; roll them back by +shift so that
+    # `partition`'s roll by -shift puts each label on its own token again.
+    region = np.roll(f[:, None] * 3 + t[None, :], self.shift, axis=(0, 1))
     region = self.partition(region.reshape(1, -1))
     return region[:, :, None] == region[:, None, :]
+
+
+def swin_regions(size: int, window: int, shift: int) -> np.ndarray:
+  """(size,) int: Swin's region of each position along one axis of the grid after its
+  cyclic shift by -shift: slices [0, -window), [-window, -shift), [-shift, end). The last
+  holds the tokens that wrapped across the edge, the middle their new window mates, not
+  adjacent to them before the shift (the last window straddles both). They are taken in
+  shifted positions: labelling original positions then rolling agrees only when the shift
+  is 0 or window / 2 (issue 22)."""
+  position = np.arange(size)
+  return (position >= size - window).astype(int) + (position >= size - shift)
 
 
 IMPLEMENTATIONS = ("", "dense", "xla", "cudnn")  # model.attention_impl

@@ -11,6 +11,10 @@ Two layouts of the query tokens:
   full grid (A-JEPA predictor, MAE decoders): the context is put back on the whole token
       grid and every other position gets a mask token, so one pass serves every target
       group, and attention may be local (shifted windows over the grid).
+
+Two blocks (`block`, BLOCKS): 'prenorm' (vit.Block, as the encoder's) or 'swinv2'
+(swinv2.SwinV2Block: AudioMAE's local decoder block, post-norm scaled cosine window
+attention with a relative position bias MLP; needs local windows).
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -18,7 +22,10 @@ import jax.numpy as jnp
 from jepa_jax.models.attention import Windows
 from jepa_jax.models.layers import Dtype, dense
 from jepa_jax.models.patches import gather_tokens
-from jepa_jax.models.vit import PositionTable, Transformer
+from jepa_jax.models.swinv2 import SwinV2Block
+from jepa_jax.models.vit import Block, PositionTable, Transformer
+
+BLOCKS = {"prenorm": Block, "swinv2": SwinV2Block}  # predictor / decoder `block`
 
 
 class Predictor(nn.Module):
@@ -35,6 +42,7 @@ class Predictor(nn.Module):
   positions: str = "sincos"
   scan: bool = False       # see vit.Transformer
   remat: str = "none"
+  block: str = "prenorm"   # BLOCKS
 
   @nn.compact
   def __call__(self, context: jnp.ndarray, context_idx: jnp.ndarray,
@@ -42,6 +50,8 @@ class Predictor(nn.Module):
                target_valid: jnp.ndarray) -> jnp.ndarray:
     if self.windows is not None and not self.full_grid:
       raise ValueError("windowed attention needs the full token grid (full_grid=True)")
+    if self.block not in BLOCKS:
+      raise ValueError(f"unknown block {self.block!r}; known: {', '.join(BLOCKS)}")
     table = PositionTable(self.grid, self.width, self.positions, name="positions")()
     x = dense(self.width, (None, "embed"), self.dtype, "embed")(context)
     x = (x + table[context_idx]).astype(self.dtype)  # the float32 table would promote it
@@ -51,7 +61,7 @@ class Predictor(nn.Module):
         (1, 1, self.width))
     transformer = Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
                               self.attention_impl, self.windows, scan=self.scan,
-                              remat=self.remat, name="transformer")
+                              remat=self.remat, block=BLOCKS[self.block], name="transformer")
     if self.full_grid:
       b, n = x.shape[0], table.shape[0]
       grid = jnp.broadcast_to(mask_token + table[None], (b, n, self.width)).astype(x.dtype)

@@ -91,15 +91,16 @@ class BlockGroup(nn.Module):
   dtype: layers.Dtype = jnp.float32
   attention_impl: str | None = None
   windows: attention.Windows | None = None
+  block: type[nn.Module] = Block  # the block class (vit.Block, swinv2.SwinV2Block)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None,
                layer_key_masks: jnp.ndarray | None = None) -> tuple[jnp.ndarray, None]:
     for j in range(self.period):
       extra = None if layer_key_masks is None else layer_key_masks[j]
-      x = Block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                block_windows(self.windows, j), name=f"block_{j}")(
-                    x, attention.layer_mask(key_mask, extra))
+      x = self.block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
+                     block_windows(self.windows, j), name=f"block_{j}")(
+                         x, attention.layer_mask(key_mask, extra))
     return x, None
 
 
@@ -126,6 +127,7 @@ class Transformer(nn.Module):
   windows: attention.Windows | None = None
   scan: bool = False
   remat: str = "none"
+  block: type[nn.Module] = Block  # the block class: pre-norm Block or swinv2.SwinV2Block
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, key_mask: jnp.ndarray | None = None,
@@ -148,9 +150,9 @@ class Transformer(nn.Module):
         layer_key_masks = layer_key_masks.reshape(
             (self.depth // period, period) + layer_key_masks.shape[1:])
       x, _ = stack(period, self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,
-                   self.windows, name="layers")(x, key_mask, layer_key_masks)
+                   self.windows, self.block, name="layers")(x, key_mask, layer_key_masks)
     else:
-      block = checkpointed(Block, self.remat, in_scan=False)
+      block = checkpointed(self.block, self.remat, in_scan=False)
       for i in range(self.depth):
         extra = None if layer_key_masks is None else layer_key_masks[i]
         x = block(self.num_heads, self.mlp_dim, self.dtype, self.attention_impl,

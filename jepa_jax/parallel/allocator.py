@@ -9,9 +9,12 @@ steps 25-35 % shorter (A-JEPA 6.6-7.1 s, AudioMAE 2.9-3.5 s against 3.9-4.1 s).
 It is not the default: the paper recipe at batch 64 in 8 micro-batches (11.7 GiB by
 XLA's analysis) stayed at 14.8-15.0 GiB resident under glibc for 5 steps, but grew to 23 GiB
 under tcmalloc at its third step and was killed by the kernel (jemalloc without decay: at
-its second). Likely, not yet verified: the loop queues step n+1 while step n runs, and a
-queued step's buffers, untouched fresh pages under glibc, are already-resident memory
-under a caching allocator, so two steps' temporaries are resident at once.
+its second). At batch 8 in 2 micro-batches (7.0 GiB by XLA's analysis): glibc 8.5 GiB
+resident, tcmalloc 8.3 GiB after the first step and 13.4-14.2 GiB from the second on, the
+same whether or not the host waits for step n before dispatching step n+1, so it is not a
+queued step's buffers but what the cache keeps beside the live ones. Transparent huge pages
+for glibc's large blocks (GLIBC_TUNABLES=glibc.malloc.hugetlb=1) cut the faults 20x but
+tripled the system time (compaction), and the step got slower.
 With JEPA_JAX_MALLOC=tcmalloc and the library installed (Debian / Ubuntu:
 `libtcmalloc-minimal4`), the commands (`python -m jepa_jax.main`, `.evaluate`, `.embed`)
 execute themselves again once with it preloaded. Nothing changes in what is computed, only

@@ -71,11 +71,13 @@ def frontend_metadata(config: ml_collections.ConfigDict, data: TrainingData) -> 
   return {"frontend": frontend.to_dict(), "normalization": stats, "frames": config.data.frames}
 
 
-def train_dataset(config: ml_collections.ConfigDict, data: TrainingData):
-  """This host's rows of every global batch (see data_pipelines.pipeline)."""
+def train_dataset(config: ml_collections.ConfigDict, data: TrainingData, start_batch: int = 0):
+  """This host's rows of global batches start_batch, start_batch + 1, ... (see
+  data_pipelines.pipeline)."""
   return pipeline.train_dataset(
       data.shard_dir, frames=config.data.frames, global_batch_size=config.train.batch_size,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), normalization=config.data.normalization,
       gain_jitter_db=config.data.gain_jitter_db, worker_count=config.data.worker_count,
-      expected_frontend=config.data.frontend, indices=data.indices)
+      expected_frontend=config.data.frontend, indices=data.indices,
+      cyclic_crop=config.data.cyclic_crop, start_batch=start_batch)

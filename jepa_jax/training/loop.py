@@ -1,13 +1,15 @@
 """The train loop, read top to bottom:
-workdir check -> data -> mesh -> abstract init -> shardings -> jitted step -> resume (or a
-fresh start, from `config.init_from`'s parameters when set) ->
-loop (metrics, checkpoints, non-finite guard, preemption) -> encoder export.
+workdir check -> the workdir's lock (run_lock.py) -> data -> mesh -> abstract init ->
+shardings -> jitted step -> resume (or a fresh start, from `config.init_from`'s parameters
+when set) -> this process's data iterator from the resumed data position -> loop
+(metrics, checkpoints, non-finite guard, preemption) -> encoder export.
 
 It runs any objective (see objectives/__init__.py) without knowing which."""
 import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -20,12 +22,21 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from data_pipelines import frontends
 from jepa_jax import export, objectives
 from jepa_jax.config import fields, upgrade, validation
 from jepa_jax.optim import optimizer
 from jepa_jax.parallel import distributed
 from jepa_jax.parallel import mesh as mesh_lib
-from jepa_jax.training import checkpoint, datasets, fit, metric_writers, update, warm_start
+from jepa_jax.training import (
+  checkpoint,
+  datasets,
+  fit,
+  metric_writers,
+  run_lock,
+  update,
+  warm_start,
+)
 
 
 class IncompatibleWorkdirError(RuntimeError):
@@ -50,6 +61,22 @@ class TrainResult:
     return self.timings["input_wait"] / max(self.timings["train"], 1e-9)
 
 
+# The front-end recipe a run started on (FrontEnd.to_dict()), written with config.json: the
+# config names the recipe only, whose settings may change between versions.
+FRONTEND_FILE = "frontend.json"
+
+
+def started_frontend(workdir: Path, name: str) -> dict:
+  """The record of the front end the run in `workdir` started on: its FRONTEND_FILE or,
+  in a workdir written before runs recorded it, recipe `name` as it was then (a field
+  recorded since takes the value it had then, frontends.LEGACY_FIELDS)."""
+  path = workdir / FRONTEND_FILE
+  if path.is_file():
+    return frontends.upgrade_record(json.loads(path.read_text()))
+  today = frontends.get_frontend(name).to_dict()
+  return {**today, **frontends.LEGACY_FIELDS.get(today["kind"], {})}
+
+
 def has_checkpoint(workdir: Path) -> bool:
   return (workdir / "checkpoints").is_dir() and any(
       p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
@@ -71,13 +98,23 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
         f"{workdir} holds a checkpoint of a different config, so this run cannot resume it:\n  "
         + "\n  ".join(differences)
         + "\nUse a new --workdir, or the config the workdir was started with. Nothing was changed.")
+  started = started_frontend(workdir, config.data.frontend)
+  today = frontends.get_frontend(config.data.frontend).to_dict()
+  differing = [f"{k} {started.get(k)!r}, now {v!r}" for k, v in today.items()
+               if started.get(k) != v]
+  if differing:
+    raise IncompatibleWorkdirError(
+        f"{workdir} holds a checkpoint of a run started on an older {config.data.frontend!r} "
+        f"front end ({'; '.join(differing)}): resuming it would change its input features "
+        f"mid-run. Use a new --workdir. Nothing was changed.")
 
 
 class _StopRequest:
   """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to checkpoint and stop. The
   processes of a multi-process run must stop after the same step, whichever of them got
   the signal: there jax's preemption service (started by jax.distributed.initialize)
-  takes SIGTERM and agrees on that step with the others."""
+  takes SIGTERM and agrees on that step with the others, and a SIGINT is passed to it as
+  a SIGTERM of this process."""
 
   def __init__(self):
     self.requested = False
@@ -91,7 +128,7 @@ class _StopRequest:
 
   @contextlib.contextmanager
   def installed(self):
-    if self.agreed or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
       yield self
       return
     def handler(signum, frame):
@@ -101,9 +138,16 @@ class _StopRequest:
               file=sys.stderr, flush=True)
         return
       self.requested = True
+      if self.agreed:
+        print(f"signal {signum}: saving a checkpoint and stopping after the step all "
+              f"processes agree on", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # to the preemption service's handler
+        return
       print(f"signal {signum}: saving a checkpoint and stopping after this step",
             file=sys.stderr, flush=True)
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGTERM stays with the preemption service where there is one.
+    caught = (signal.SIGINT,) if self.agreed else (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, handler) for s in caught}
     try:
       yield self
     finally:
@@ -142,17 +186,39 @@ def _check_micro_batch(config: ml_collections.ConfigDict, mesh) -> None:
         f"{batch_devices} data x fsdp devices; change the batch size, micro_batches or mesh")
 
 
-def _initial_state(config: ml_collections.ConfigDict, workdir: Path, compiled, ckpt, iterator,
-                   tx, pretrained) -> dict:
-  """The state at the latest checkpoint (the iterator rewound with it) or, in a fresh
-  workdir, at step 0 (from `pretrained` parameters when given), config.json written."""
-  latest = ckpt.latest_step()
+def _data_start(config: ml_collections.ConfigDict, workdir: Path, step: int,
+                position: checkpoint.DataPosition) -> int:
+  """The global batch a run resumed at `step` reads first: the number its checkpoint
+  consumed, one a step, of this config's batch size (a checkpoint before data positions
+  has the one of the workdir's config.json, which check_workdir compared)."""
+  size = config.train.batch_size
+  if position.global_batch_size not in (None, size):
+    raise IncompatibleWorkdirError(
+        f"the checkpoint of step {step} in {workdir} read global batches of "
+        f"{position.global_batch_size} examples, this config's train.batch_size is {size}: "
+        f"its data would continue elsewhere than where it stopped. Use a new --workdir, or "
+        f"train.batch_size={position.global_batch_size}. Nothing was changed.")
+  if position.global_batches != step:
+    raise IncompatibleWorkdirError(
+        f"the checkpoint of step {step} in {workdir} records {position.global_batches} "
+        f"global batches read, not one a step: it was not written by this loop. Use a new "
+        f"--workdir. Nothing was changed.")
+  return position.global_batches
+
+
+def _initial_state(config: ml_collections.ConfigDict, workdir: Path, compiled, ckpt, tx,
+                   pretrained) -> tuple[dict, int]:
+  """(state, the global batch its data continues from): those of the newest intact
+  checkpoint or, in a fresh workdir, step 0 (from `pretrained` parameters when given) and
+  batch 0, config.json written."""
   primary = distributed.is_primary()  # every process restores and saves; one writes
-  if latest is not None:
-    state = ckpt.restore(latest, compiled.abstract_state, iterator)
+  restored = ckpt.restore_intact(compiled.abstract_state, _say)
+  if restored is not None:
+    step, state, position = restored
+    start_batch = _data_start(config, workdir, step, position)
     if primary:
-      print(f"resumed from the checkpoint at step {latest} in {workdir}", flush=True)
-    return state
+      print(f"resumed from the checkpoint at step {step} in {workdir}", flush=True)
+    return state, start_batch
   state = compiled.initial_state()
   if pretrained is not None:
     state = warm_start.start_from(state, pretrained, tx, compiled.shardings)
@@ -161,57 +227,56 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: Path, compiled, c
   if primary:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json(indent=2))
-  return state
+    (workdir / FRONTEND_FILE).write_text(
+        json.dumps(frontends.get_frontend(config.data.frontend).to_dict(), indent=2))
+  return state, 0
 
 
 def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dict, iterator,
-          ckpt, total_steps: int, timings: dict) -> tuple[dict, dict]:
-  """Steps from the state's step to `total_steps` or a stop request: (state, the metrics
+          ckpt, total_steps: int, timings: dict, stop: _StopRequest) -> tuple[dict, dict]:
+  """Steps from the state's step to `total_steps` or a `stop` request: (state, the metrics
   of the last log). Fills timings['input_wait'] and timings['train']."""
   start = int(state["step"])
   writer = metric_writers.MetricWriter(workdir, start)
   progress = metric_writers.Progress(start, total_steps)
   last_metrics: dict = {}
-  stop = _StopRequest()
   t = time.perf_counter()
-  with stop.installed():
-    # Each step's loss is checked while the next one runs, so the host only waits for
-    # the device at logs and saves.
-    pending = None
-    timings["input_wait"] = 0.0
-    logged = (t, 0.0)  # time and input wait at the last log
-    for step in range(start + 1, total_steps + 1):
-      waited_from = time.perf_counter()
-      local = next(iterator)
-      batch = {k: jax.make_array_from_process_local_data(compiled.batch_sharding, np.asarray(v))
-               for k, v in local.items()}
-      # What blocks the host: the batch and the slicing into per-device shards; the copies
-      # to the devices run asynchronously (the step waits for them, not the host).
-      timings["input_wait"] += time.perf_counter() - waited_from
-      state, metrics = compiled.step(state, batch)
-      if step == start + 1:  # the first step's time, as soon as it is known
-        jax.block_until_ready(metrics["loss"])
-        progress.first_step(step, time.perf_counter() - waited_from)
-      if pending is not None:
-        _ensure_finite(*pending, ckpt)
-      pending = (step, metrics)
-      if step % config.train.log_every == 0 or step == total_steps:
-        last_metrics = jax.device_get({**metrics, **compiled.monitors(state, batch)})
-        _ensure_finite(step, last_metrics, ckpt)
-        rate = progress.update(step, last_metrics)
-        now, waited = time.perf_counter(), timings["input_wait"]
-        writer.write(step, {**last_metrics, "steps_per_sec": rate,
-                            "input_wait_fraction": (waited - logged[1]) / (now - logged[0])})
-        logged = (now, waited)
-      stopping = stop.after(step)
-      if step % config.train.checkpoint_every == 0 or step == total_steps or stopping:
-        _ensure_finite(step, metrics, ckpt)
-        ckpt.save(step, state, iterator)
-      if stopping:
-        break
-    # Inside the handler: another SIGTERM / Ctrl-C while the last save is written must not
-    # kill the process half-way through it.
-    ckpt.wait()
+  # Each step's loss is checked while the next one runs, so the host only waits for
+  # the device at logs and saves.
+  pending = None
+  timings["input_wait"] = 0.0
+  logged = (t, 0.0)  # time and input wait at the last log
+  for step in range(start + 1, total_steps + 1):
+    waited_from = time.perf_counter()
+    local = next(iterator)
+    batch = {k: jax.make_array_from_process_local_data(compiled.batch_sharding, np.asarray(v))
+             for k, v in local.items()}
+    # What blocks the host: the batch and the slicing into per-device shards; the copies
+    # to the devices run asynchronously (the step waits for them, not the host).
+    timings["input_wait"] += time.perf_counter() - waited_from
+    state, metrics = compiled.step(state, batch)
+    if step == start + 1:  # the first step's time, as soon as it is known
+      jax.block_until_ready(metrics["loss"])
+      progress.first_step(step, time.perf_counter() - waited_from)
+    if pending is not None:
+      _ensure_finite(*pending, ckpt)
+    pending = (step, metrics)
+    if step % config.train.log_every == 0 or step == total_steps:
+      last_metrics = jax.device_get({**metrics, **compiled.monitors(state, batch)})
+      _ensure_finite(step, last_metrics, ckpt)
+      rate = progress.update(step, last_metrics)
+      now, waited = time.perf_counter(), timings["input_wait"]
+      writer.write(step, {**last_metrics, "steps_per_sec": rate,
+                          "input_wait_fraction": (waited - logged[1]) / (now - logged[0])})
+      logged = (now, waited)
+    stopping = stop.after(step)
+    if step % config.train.checkpoint_every == 0 or step == total_steps or stopping:
+      _ensure_finite(step, metrics, ckpt)
+      # `step` steps read `step` global batches (micro-batches split each of them).
+      ckpt.save(step, state, checkpoint.DataPosition(step, config.train.batch_size))
+    if stopping:
+      break
+  ckpt.wait()
   timings["train"] = time.perf_counter() - t
   writer.close()
   return state, last_metrics
@@ -231,6 +296,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   workdir = Path(workdir).absolute()
   validation.validate(config)
   check_workdir(workdir, config)
+  # SIGTERM / Ctrl-C from here on stop the run at a checkpoint: before the first step, after
+  # it; during the export, once it is written.
+  with _StopRequest().installed() as stop, run_lock.held(workdir, _say) as lock:
+    return _train(config, workdir, lock, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, lock: run_lock.RunLock | None,
+           stop: _StopRequest) -> TrainResult:
   # A fresh run's pretrained parameters, read and checked before anything compiles.
   pretrained = warm_start.load(config) \
       if config.init_from and not has_checkpoint(workdir) else None
@@ -239,7 +312,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   t = time.perf_counter()
   data = datasets.resolve(config)
   validation.validate_dataset(config, data.num_examples)
-  dataset = datasets.train_dataset(config, data)
   timings["data"] = time.perf_counter() - t
   total_steps, warmup_steps = update.schedule_steps(config, data.num_examples)
 
@@ -260,11 +332,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   mesh_lib.check_replicated(config.sharding_check, compiled.abstract_state, compiled.shardings,
                             mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.rules(config)):
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-    iterator = iter(dataset)
-    state = _initial_state(config, workdir, compiled, ckpt, iterator, tx, pretrained)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints,
+                                   before_save=lock.check if lock is not None else None)
+    state, start_batch = _initial_state(config, workdir, compiled, ckpt, tx, pretrained)
+  # This process's rows of the global batches from start_batch on: the same batches
+  # whatever the process and device counts that saved the checkpoint (elastic resume).
+  t = time.perf_counter()
+  iterator = iter(datasets.train_dataset(config, data, start_batch))
+  timings["data"] += time.perf_counter() - t
   state, last_metrics = _loop(config, workdir, compiled, state, iterator, ckpt, total_steps,
-                              timings)
+                              timings, stop)
   finished = int(state["step"])
   if finished == total_steps:
     _export(config, workdir, objective, state, data)

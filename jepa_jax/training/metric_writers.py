@@ -38,6 +38,16 @@ class MetricWriter:
       self.tb.close()
 
 
+def last_logged(workdir: str | Path) -> dict:
+  """The last record of a workdir's metrics.jsonl ({"step": ..., "loss": ..., ...}), or {}
+  where nothing was logged: what a run resumed with no step left to run last logged."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return {}
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  return json.loads(lines[-1]) if lines else {}
+
+
 DAY_S = 86_400
 
 

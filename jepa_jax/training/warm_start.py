@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from data_pipelines import frontends
 from jepa_jax import export
 from jepa_jax.config.fields import ConfigError
 from jepa_jax.training import checkpoint
@@ -54,6 +55,13 @@ def load(config: ml_collections.ConfigDict) -> dict:
   export_dir, workdir = source_dirs(config.init_from)
   source_config, _, encoder, frontend = export.load_encoder(export_dir)
   errors = compatibility_errors(config, source_config)
+  recorded = frontends.FrontEnd.recorded(frontend["frontend"]).to_dict()
+  current = frontends.get_frontend(config.data.frontend).to_dict()
+  differing = sorted(k for k, v in current.items() if recorded.get(k) != v)
+  if differing and not errors:
+    errors.append(f"the source encoder was trained on an older {config.data.frontend!r} "
+                  f"recipe (differing in {', '.join(differing)}), whose features this run "
+                  f"would not make")
   if "input_norm" in frontend:
     errors.append("the source encoder needs its learned input normaliser (Dasheng's "
                   "BatchNorm), which this objective does not apply")
