@@ -18,9 +18,11 @@ linear evaluation with its lr chosen on the validation split; jepa_jax/evaluatio
 A multi-host run starts the same command on every host (jepa_jax/parallel/distributed.py says how
 the processes find each other); process 0 writes, prints and probes.
 """
+import contextlib
 import hashlib
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -116,13 +118,41 @@ def main(argv: list[str] | None = None) -> None:
             f"saved in {workdir}; run the same command to resume", file=sys.stderr)
     sys.exit(cli.INTERRUPTED)
   if primary:
-    try:
-      print(json.dumps(summary(config, result, workdir, args.probe)))
-    except memory.OutOfMemoryError as err:  # the probe's embeddings; the run is saved
-      cli.fail(f"{err} (training finished and is saved in {workdir})")
+    with _stopped_by_signals(workdir):
+      try:
+        print(json.dumps(summary(config, result, workdir, args.probe)), flush=True)
+      except memory.OutOfMemoryError as err:  # the probe's embeddings; the run is saved
+        cli.fail(f"{err} (training finished and is saved in {workdir})")
   # Process 0 alone probes, on its own devices; the others wait for it here rather than
   # leave the distributed runtime under it.
   distributed.barrier("probed")
+
+
+class _Stopped(Exception):
+  pass
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(workdir):
+  """SIGTERM / Ctrl-C after training (during the probe): exit 130 with one line, the
+  trained run being saved. A multi-process run leaves SIGTERM to jax's preemption
+  service."""
+  if jax.process_count() > 1:
+    yield
+    return
+  def stop(signum, frame):
+    del frame
+    raise _Stopped(signum)
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  except _Stopped as err:
+    print(f"signal {err.args[0]}: stopped after training; the finished run is saved in "
+          f"{workdir}: run the same command to probe it", file=sys.stderr)
+    sys.exit(cli.INTERRUPTED)
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def summary(config, result, workdir: str, probe: bool) -> dict:

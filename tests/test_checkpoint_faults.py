@@ -14,7 +14,7 @@ import pytest
 
 from jepa_jax import checksums, export, main
 from jepa_jax.training import checkpoint, loop
-from tests.tiny import tiny_config
+from tests.tiny import TINY_FLAGS, exported_params, tiny_config
 
 
 def test_checksums_catch_any_changed_word_of_every_dtype():
@@ -45,11 +45,6 @@ def test_checksums_do_not_depend_on_how_arrays_are_split_over_devices():
   one = jax.device_put(x, jax.devices()[0])
   assert len(split.addressable_shards) == 8
   assert checksums.of_tree({"x": split}) == checksums.of_tree({"x": one})
-
-
-def _params(workdir):
-  _, _, params, _ = export.load_encoder(workdir / "export")
-  return jax.tree.map(np.asarray, params)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +88,7 @@ def _restart_with(corrupt, saved_run, tmp_path, capsys):
   assert (workdir / "corrupt" / "6" / "state").is_dir()  # moved, not deleted
   # The run went on from step 3 exactly as the uninterrupted one did.
   assert (again.step, again.interrupted) == (6, False)
-  jax.tree.map(np.testing.assert_array_equal, _params(workdir), _params(saved))
+  jax.tree.map(np.testing.assert_array_equal, exported_params(workdir), exported_params(saved))
   assert again.last_metrics["loss"] == reference.last_metrics["loss"]
   assert checkpoint.Checkpointer(workdir / "checkpoints", 2).all_steps() == [3, 6]
 
@@ -135,7 +130,6 @@ def test_no_intact_checkpoint_stops_with_one_line_and_moves_nothing(saved_run, t
 
 
 def _tiny_flags():
-  from tests.tiny import TINY_FLAGS  # noqa: PLC0415 - beside tiny_config's settings
   return [*TINY_FLAGS, "--config.train.checkpoint_every=3", "--config.train.log_every=2",
           "--config.train.keep_checkpoints=2", "--config.train.micro_batches=1"]
 

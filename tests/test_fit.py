@@ -6,13 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from jepa_jax import export, main, objectives
+from jepa_jax import main, objectives
 from jepa_jax.config import fields, validation
 from jepa_jax.optim import optimizer
 from jepa_jax.parallel import memory
 from jepa_jax.parallel import mesh as mesh_lib
 from jepa_jax.training import fit, loop, update
-from tests.tiny import ROOT, TINY_FLAGS, tiny_config
+from tests.tiny import ROOT, TINY_FLAGS, exported_params, tiny_config
 
 
 def test_estimates_scale_the_activations_and_pick_the_fewest_that_fit():
@@ -65,10 +65,6 @@ def _needed(config, k: int) -> int:
   return memory.needed_bytes(compiled.step)
 
 
-def _params(workdir):
-  return jax.tree.map(np.asarray, export.load_encoder(workdir / "export")[2])
-
-
 @pytest.mark.slow
 def test_auto_splits_the_batch_under_a_small_budget_and_runs_as_that_split(
     tmp_path, monkeypatch, capsys):
@@ -89,8 +85,8 @@ def test_auto_splits_the_batch_under_a_small_budget_and_runs_as_that_split(
   fixed = _small(checkpoint_every=100)
   fixed.train.micro_batches = k
   loop.train(fixed, tmp_path / "fixed")
-  jax.tree.map(np.testing.assert_array_equal, _params(tmp_path / "auto"),
-               _params(tmp_path / "fixed"))
+  jax.tree.map(np.testing.assert_array_equal, exported_params(tmp_path / "auto"),
+               exported_params(tmp_path / "fixed"))
 
 
 @pytest.mark.slow

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from data_pipelines import frontends
-from jepa_jax import export, main
+from jepa_jax import main
 from jepa_jax.evaluation import suite
 from jepa_jax.objectives import jepa
 from jepa_jax.training import checkpoint, loop
-from tests.tiny import tiny_config
+from tests.tiny import TINY_FLAGS, exported_params, tiny_config
 
 
 class BatchSpy:
@@ -32,11 +32,6 @@ class BatchSpy:
       return real(sharding, local, *args, **kwargs)
 
     monkeypatch.setattr(jax, "make_array_from_process_local_data", spy)
-
-
-def _params(workdir):
-  config, _, params, _ = export.load_encoder(workdir / "export")
-  return jax.tree.map(np.asarray, params)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,8 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(finished_run, tmp_path
   assert len(spy.batches) == 6
   for a, b in zip(spy.batches, reference_batches):
     np.testing.assert_array_equal(a, b)
-  jax.tree.map(np.testing.assert_array_equal, _params(tmp_path), _params(reference_dir))
+  jax.tree.map(np.testing.assert_array_equal, exported_params(tmp_path),
+               exported_params(reference_dir))
   steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert steps == [2, 4, 6]
 
@@ -180,5 +176,29 @@ def test_export_from_eight_devices_loads_on_one(finished_run):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True, cwd=str(checkpoint.__file__).rsplit("/jepa_jax/", 1)[0])
-  count = sum(x.size for x in jax.tree.leaves(_params(workdir)))
+  count = sum(x.size for x in jax.tree.leaves(exported_params(workdir)))
   assert out.stdout.split() == ["1", str(count)]
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_probe_exits_130_with_the_run_saved(finished_run, tmp_path,
+                                                                  monkeypatch, capsys):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run[0], workdir)
+
+  def interrupted_probe(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("the signal should have stopped the probe")
+
+  monkeypatch.setattr(suite, "probe_workdir", interrupted_probe)
+  before = signal.getsignal(signal.SIGTERM)
+  flags = [f for f in TINY_FLAGS if f != "--probe=false"] + [
+      "--config.train.log_every=2", "--config.train.micro_batches=1"]
+  with pytest.raises(SystemExit) as stopped:
+    main.main(["--config=configs/audio_jepa.py:demo", f"--workdir={workdir}", *flags])
+  assert stopped.value.code == 130
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1] == (f"signal {int(signal.SIGTERM)}: stopped after training; the finished "
+                     f"run is saved in {workdir}: run the same command to probe it")
+  assert signal.getsignal(signal.SIGTERM) == before
+  assert (workdir / "export").is_dir()

@@ -2,6 +2,10 @@
 that tests may compile its step directly: training/fit.py resolves "auto")."""
 from pathlib import Path
 
+import jax
+import numpy as np
+
+from jepa_jax import export
 from jepa_jax.config import fields
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +76,8 @@ def tiny_uamix_config(stage: int = 1, init_from: str = "/nonexistent", **train):
   c.optim.warmup_epochs = 0.25
   c.init_from = init_from
   return c
+
+
+def exported_params(workdir: Path):
+  """The encoder parameters of a workdir's export, as numpy arrays."""
+  return jax.tree.map(np.asarray, export.load_encoder(Path(workdir) / "export")[2])
