@@ -29,6 +29,12 @@ class CorruptExportError(RuntimeError):
   """An export's encoder parameters cannot be read or differ from their checksums."""
 
 
+def error_line(err: BaseException, limit: int = 160) -> str:
+  """A read or write error (TensorStore's run to pages) as the start of one line."""
+  text = " ".join(str(err).split()) or type(err).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 @contextlib.contextmanager
 def unlogged_io_errors():
   """When orbax fails to read or write one array it abandons the others: asyncio logs
@@ -124,7 +130,7 @@ def load_encoder(export_dir: Path):
   except Exception as err:  # noqa: BLE001 - TensorStore's errors carry no common type
     raise CorruptExportError(
         f"the encoder parameters in {export_dir / 'encoder'} cannot be read ("
-        f"{' '.join(str(err).split())[:160]}); export again from the run's checkpoints or "
+        f"{error_line(err)}); export again from the run's checkpoints or "
         f"restore the folder from a copy") from err
   sums = export_dir / CHECKSUMS
   wrong = checksums.mismatches(params, json.loads(sums.read_text())) if sums.exists() else []

@@ -64,11 +64,6 @@ def disk_full(err: BaseException) -> bool:
   return False
 
 
-def _one_line(err: BaseException, limit: int = 160) -> str:
-  text = " ".join(str(err).split()) or type(err).__name__
-  return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_tree, shardings)
@@ -152,7 +147,7 @@ class Checkpointer:
         with export.unlogged_io_errors():
           (state, position), problem = self.restore(step, abstract_state), None
       except Exception as err:  # noqa: BLE001 - any failure to read makes it unusable
-        state, position, problem = None, None, _one_line(err)
+        state, position, problem = None, None, export.error_line(err)
       if _everywhere(problem is None):
         for bad, why in failed:
           warn(f"warning: the checkpoint of step {bad} is unreadable or corrupt ({why}); "
