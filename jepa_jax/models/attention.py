@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_jax.models import layers
+from jepa_jax.models.blockwise_attention import blockwise_attention
+from jepa_jax.models.splash_attention import splash_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +55,20 @@ class Windows:
     return x.reshape(-1, gf * gt, *rest)
 
   @functools.cached_property
-  def region_mask(self) -> np.ndarray:
-    """(windows, w, w) bool: query and key were neighbours before the cyclic shift, i.e.
-    both or neither wrapped across each edge (Swin's shifted-window attention mask)."""
+  def regions(self) -> np.ndarray:
+    """(windows, w) int: each window's tokens labelled by Swin region; a query sees the
+    keys of its own label (the segments of blockwise_attention)."""
     f, t = (swin_regions(g, w, s) for g, w, s in zip(self.grid, self.size, self.shift))
     # Regions are labelled in shifted coordinates; roll them back by +shift so that
     # `partition`'s roll by -shift puts each label on its own token again.
     region = np.roll(f[:, None] * 3 + t[None, :], self.shift, axis=(0, 1))
-    region = self.partition(region.reshape(1, -1))
-    return region[:, :, None] == region[:, None, :]
+    return self.partition(region.reshape(1, -1))
+
+  @functools.cached_property
+  def region_mask(self) -> np.ndarray:
+    """(windows, w, w) bool: query and key were neighbours before the cyclic shift, i.e.
+    both or neither wrapped across each edge (Swin's shifted-window attention mask)."""
+    return self.regions[:, :, None] == self.regions[:, None, :]
 
 
 def swin_regions(size: int, window: int, shift: int) -> np.ndarray:
@@ -75,7 +82,19 @@ def swin_regions(size: int, window: int, shift: int) -> np.ndarray:
   return (position >= size - window).astype(int) + (position >= size - shift)
 
 
-IMPLEMENTATIONS = ("", "dense", "xla", "cudnn")  # model.attention_impl
+# model.attention_impl; '' is what configs saved before 'auto' existed hold: the same.
+IMPLEMENTATIONS = ("auto", "", "dense", "xla", "cudnn", "blockwise", "splash")
+# `auto` on CPU: blockwise from this many keys, dense below. Measured by
+# benchmarks/attention.py (B=8, 12 heads of 64, f32, forward + backward, medians of 7
+# interleaved repetitions, benchmarks/results/attention.json) on the shared 2-core EPYC
+# while other processes took 60-90 % of its CPUs, so only large gaps count. Dense /
+# blockwise ms, two runs: S=256 190 / 209 and 303 / 292 (a tie); S=512 832 / 698 and
+# 1437 / 1604; S=1024 2487 / 2048 and 3870 / 2875 (blockwise 0.30x the temporary memory).
+# Short single-block lengths also came out faster blockwise (S=65 7.1 / 3.8 ms, S=128
+# 21.9 / 16.1 over 21 repetitions), kept dense until a quiet machine confirms it.
+# On a GPU without cuDNN (no GPU measured yet) the same rule, for memory: a 1024-token
+# layer's (B, 12, S, S) float32 scores are 384 MiB at B=8.
+BLOCKWISE_FROM = 512
 
 
 def dense_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
@@ -99,14 +118,68 @@ def dense_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
   return (out / total).astype(q.dtype)
 
 
+def cudnn_applies(dtype, head_dim: int) -> bool:
+  """Whether cuDNN's fused (flash) attention runs here: an NVIDIA GPU of compute
+  capability 8.0 or newer (Ampere; a T4 is 7.5), bf16 / fp16, and a head dimension that
+  is a multiple of 8 up to 128 (jax's check_is_flash_attention; Hopper takes 256, unused)."""
+  if jax.default_backend() != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+    return False
+  capability = getattr(jax.devices()[0], "compute_capability", "0")  # ROCm has none
+  return float(capability) >= 8.0 and head_dim % 8 == 0 and head_dim <= 128
+
+
+def choose(implementation: str | None, length: int, dtype, head_dim: int,
+           windowed: bool) -> str:
+  """The implementation that `auto` ('' and None alike) stands for, per backend: on a TPU
+  the splash kernel (global attention; windows of a few dozen tokens are far below its
+  128-token tiles and stay dense); on a GPU cuDNN where it applies; elsewhere, and
+  inside windows, blockwise from BLOCKWISE_FROM keys and the dense formulation below."""
+  if implementation not in (None, "", "auto"):
+    return implementation
+  backend = jax.default_backend()
+  if backend == "tpu" and not windowed:
+    return "splash"
+  if backend == "gpu" and cudnn_applies(dtype, head_dim):
+    return "cudnn"
+  return "blockwise" if length >= BLOCKWISE_FROM else "dense"
+
+
+def full_mask(key_mask: jnp.ndarray | None, segments: jnp.ndarray | None
+              ) -> jnp.ndarray | None:
+  """The bool mask broadcastable to (B, heads, S, S) that (B, S) `key_mask` and
+  `segments` (either None) stand for: key on, and the query's segment."""
+  mask = None if key_mask is None else key_mask[:, None, None, :]
+  if segments is not None:
+    same = (segments[:, :, None] == segments[:, None, :])[:, None]
+    mask = same if mask is None else mask & same
+  return mask
+
+
+def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_mask: jnp.ndarray | None,
+           segments: jnp.ndarray | None, implementation: str | None) -> jnp.ndarray:
+  """Self-attention over (B, S, heads, head_dim) where a query sees the keys that (B, S)
+  bool `key_mask` leaves on within its own (B, S) int segment (either may be None), by
+  `implementation` (IMPLEMENTATIONS, resolved by `choose`). Blockwise and splash take
+  the factors and never form an (S, S) mask; the others get `full_mask`."""
+  b, s, _, head_dim = q.shape
+  implementation = choose(implementation, s, q.dtype, head_dim, segments is not None)
+  if implementation == "blockwise":
+    return blockwise_attention(q, k, v, key_mask, segments)
+  if implementation == "splash" and segments is None:
+    return splash_attention(q, k, v, key_mask, interpret=jax.default_backend() != "tpu")
+  if implementation == "splash":  # windows: see `choose`
+    implementation = "dense"
+  return masked_attention(q, k, v, full_mask(key_mask, segments), implementation)
+
+
 def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray | None,
                      implementation: str | None) -> jnp.ndarray:
   """Self-attention over (B, S, heads, head_dim) with a bool `mask` broadcastable to
   (B, heads, S, S) or None, by `implementation`: 'dense' (dense_attention), 'xla' or
-  'cudnn' (`jax.nn.dot_product_attention`'s), or None: dense on CPU, where it is the
-  fastest measured, else jax's own choice. cuDNN takes a mask as a bias of the whole
-  (S, S) shape and only an even S: an odd sequence gets one more token that no query
-  attends to, dropped from the output."""
+  'cudnn' (`jax.nn.dot_product_attention`'s), or None: dense on CPU, else jax's own
+  choice (`attend`, what the model calls, adds 'auto' and the blockwise kernels). cuDNN
+  takes a mask as a bias of the whole (S, S) shape and only an even S: an odd sequence
+  gets one more token that no query attends to, dropped from the output."""
   if implementation is None and jax.default_backend() == "cpu":
     implementation = "dense"
   if implementation == "dense":
@@ -127,7 +200,7 @@ class Attention(nn.Module):
   switches keys off."""
   num_heads: int
   dtype: layers.Dtype = jnp.float32
-  implementation: str | None = None  # see masked_attention
+  implementation: str | None = None  # IMPLEMENTATIONS; None: 'auto' (see `choose`)
   windows: Windows | None = None
 
   @nn.compact
@@ -140,19 +213,19 @@ class Attention(nn.Module):
     # as the reference Linear(width, 3 * width).
     qkv = layers.Projection((3, self.num_heads, head_dim), ("embed",), (None, "heads", "kv"),
                             self.dtype, name="qkv")(x)
-    if self.windows is None:
-      mask = None if key_mask is None else key_mask[:, None, None, :]
-    else:
+    segments = None
+    if self.windows is not None:
       w = self.windows
       if x.shape[1] != w.grid[0] * w.grid[1]:
         raise ValueError(f"windowed attention needs the whole {w.grid} token grid, got "
                          f"{x.shape[1]} tokens")
+      # Each window is its own short sequence (B * windows of them), its Swin regions
+      # the segments: attention stays O(S x window), so blockwise gains nothing there.
       qkv = w.partition(qkv)
-      mask = jnp.tile(jnp.asarray(w.region_mask), (x.shape[0], 1, 1))
-      if key_mask is not None:
-        mask = mask & w.partition(key_mask)[:, None, :]
-      mask = mask[:, None]  # (B * windows, heads, queries, keys)
-    out = masked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, self.implementation)
+      segments = jnp.tile(jnp.asarray(w.regions), (x.shape[0], 1))
+      key_mask = None if key_mask is None else w.partition(key_mask)
+    out = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask, segments,
+                 self.implementation)
     if self.windows is not None:
       out = self.windows.merge(out)
     return layers.Projection((width,), ("heads", "kv"), ("embed",), self.dtype, name="out")(out)
