@@ -1,13 +1,17 @@
-"""The one labelled-task format: a folder of audio plus `meta.csv`.
+"""The house's labelled-task format: a folder of audio plus `meta.csv`.
 
-meta.csv has the columns `filename,label[,fold][,split]`: filename relative to the folder,
-label one class name or several separated by `;` (multi-label), fold any name, split one
-of train / valid / test. Empty fold or split cells mean "not given" for that row.
+meta.csv has the columns `filename,label[,fold][,split]`: filename relative to the folder
+(or to its `audio/` subfolder), label one class name or several separated by `;`
+(multi-label), fold any name, split one of train / valid / test. Empty fold or split cells
+mean "not given" for that row. Any other column is kept as information (`Task.extra`,
+each row's cells in `TaskRow.extra`), unless its name looks like a misspelling of a known
+column the header lacks (`lable`, `spilt`, `filenme`): that is an error naming it.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import io
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -17,6 +21,28 @@ REQUIRED_COLUMNS = ("filename", "label")
 OPTIONAL_COLUMNS = ("fold", "split")
 SPLITS = ("train", "valid", "test")
 LABEL_SEPARATOR = ";"
+AUDIO_SUBFOLDER = "audio"  # where a filename is looked up when it is not beside meta.csv
+# difflib's similarity from which an unknown name counts as a misspelt known one: catches
+# one slip in a short name (lable, spilt: 0.8) and in a long one (filenme, unitsec).
+MISSPELT_CUTOFF = 0.8
+
+
+def misspelt(name: str, known: Iterable[str], present: Iterable[str] = ()) -> str | None:
+  """The known name that `name` looks like a misspelling of, or None. Only names not
+  `present` count (a `labels` column beside `label` is information, not a typo), and a
+  known name followed by more than one character is a name of its own (`folder`,
+  `label_id`, `split_key`), while case, one extra letter or a separator are slips
+  (`Label`, `folds`, `file_name` -> `filename`)."""
+  present = set(present)
+  candidates = [k for k in known if k not in present]
+  lowered = name.strip().lower()
+  for k in candidates:
+    if lowered.replace("_", "").replace("-", "") == k.replace("_", "").replace("-", ""):
+      return k
+  candidates = [k for k in candidates
+                if not (lowered.startswith(k) and len(lowered) > len(k) + 1)]
+  match = difflib.get_close_matches(lowered, candidates, n=1, cutoff=MISSPELT_CUTOFF)
+  return match[0] if match else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +51,7 @@ class TaskRow:
   labels: tuple[str, ...]
   fold: str | None = None
   split: str | None = None
+  extra: tuple[str, ...] = ()  # the row's cells of the task's extra columns, in their order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +60,7 @@ class Task:
   rows: tuple[TaskRow, ...]
   label_names: tuple[str, ...]  # sorted
   multilabel: bool
+  extra: tuple[str, ...] = ()  # meta.csv's other columns, kept as information
 
 
 def _check_row(where: str, labels: tuple[str, ...], split: str | None) -> None:
@@ -49,18 +77,50 @@ def _check_files_exist(meta: Path, rows: Iterable[TaskRow]) -> None:
   if missing:
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     shown = ", ".join(missing[:5]) + more
-    raise FileNotFoundError(f"{meta} names {len(missing)} missing audio file(s): {shown}.")
+    raise FileNotFoundError(f"{meta} names {len(missing)} missing audio file(s) (looked "
+                            f"for beside it and in {AUDIO_SUBFOLDER}/): {shown}.")
 
 
-def _parse_row(where: str, task_dir: Path, record: dict) -> TaskRow:
-  filename = record["filename"].strip()
+def audio_path(task_dir: Path, filename: str) -> Path:
+  """A meta.csv filename as a file: beside meta.csv, else in the audio/ subfolder (the
+  path beside meta.csv, missing, when neither holds it)."""
+  path = task_dir / filename
+  if not path.is_file() and (task_dir / AUDIO_SUBFOLDER / filename).is_file():
+    return task_dir / AUDIO_SUBFOLDER / filename
+  return path
+
+
+def _parse_row(where: str, task_dir: Path, record: dict, extra: tuple[str, ...]) -> TaskRow:
+  filename = (record["filename"] or "").strip()
   if not filename:
     raise ValueError(f"{where}: empty filename.")
-  labels = tuple(label.strip() for label in record["label"].split(LABEL_SEPARATOR))
+  labels = tuple(label.strip() for label in (record["label"] or "").split(LABEL_SEPARATOR))
   fold = (record.get("fold") or "").strip() or None
   split = (record.get("split") or "").strip() or None
   _check_row(where, labels, split)
-  return TaskRow(task_dir / filename, labels, fold, split)
+  return TaskRow(audio_path(task_dir, filename), labels, fold, split,
+                 tuple((record.get(c) or "").strip() for c in extra))
+
+
+def check_columns(where: Path, columns: list[str], required: tuple[str, ...],
+                  optional: tuple[str, ...]) -> tuple[str, ...]:
+  """The header's extra columns (kept as information); a missing required column or a
+  misspelt known one is an error naming it."""
+  known = required + optional
+  for column in columns:
+    if column not in known and (meant := misspelt(column, known, columns)):
+      raise ValueError(f"{where}: column {column!r} looks like a misspelt {meant!r}; "
+                       f"rename it (columns: {','.join(required)}"
+                       f"[,{'][,'.join(optional)}], others are kept as information).")
+  missing = [c for c in required if c not in columns]
+  if missing:
+    raise ValueError(f"{where}: header {','.join(columns) or '(empty)'} lacks "
+                     f"{', '.join(missing)} (columns: {','.join(required)}"
+                     f"[,{'][,'.join(optional)}]).")
+  duplicated = sorted({c for c in columns if columns.count(c) > 1})
+  if duplicated:
+    raise ValueError(f"{where}: column(s) {', '.join(duplicated)} appear more than once.")
+  return tuple(c for c in columns if c not in known)
 
 
 def read_task(task_dir: str | Path) -> Task:
@@ -70,19 +130,12 @@ def read_task(task_dir: str | Path) -> Task:
     raise FileNotFoundError(
         f"{task_dir} is not a task folder: it has no {META_FILE} (columns "
         f"{','.join(REQUIRED_COLUMNS)}[,{'][,'.join(OPTIONAL_COLUMNS)}]).")
-  with meta.open(newline="") as f:
+  with meta.open(newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f)
     columns = [c.strip() for c in reader.fieldnames or []]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-    if missing or unknown:
-      raise ValueError(
-          f"{meta}: header {','.join(columns) or '(empty)'} "
-          + (f"lacks {', '.join(missing)} " if missing else "")
-          + (f"has unknown {', '.join(unknown)} " if unknown else "")
-          + f"(columns: {','.join(REQUIRED_COLUMNS)}[,{'][,'.join(OPTIONAL_COLUMNS)}]).")
+    extra = check_columns(meta, columns, REQUIRED_COLUMNS, OPTIONAL_COLUMNS)
     reader.fieldnames = columns
-    rows = tuple(_parse_row(f"{meta}:{reader.line_num}", task_dir, record)
+    rows = tuple(_parse_row(f"{meta}:{reader.line_num}", task_dir, record, extra)
                  for record in reader)
   if not rows:
     raise ValueError(f"{meta} has no rows.")
@@ -90,7 +143,7 @@ def read_task(task_dir: str | Path) -> Task:
   return Task(
       dir=task_dir, rows=rows,
       label_names=tuple(sorted({label for row in rows for label in row.labels})),
-      multilabel=any(len(row.labels) > 1 for row in rows))
+      multilabel=any(len(row.labels) > 1 for row in rows), extra=extra)
 
 
 def _relative_name(task_dir: Path, path: Path) -> str:

@@ -6,20 +6,24 @@ from absl import flags
 
 from data_pipelines import cli_flags as cli
 from jepa_jax import export
-from jepa_jax.evaluation import embeddings, features
+from jepa_jax.evaluation import embeddings, features, task_data
 from jepa_jax.parallel import allocator, memory
 
 
 def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
   flags.DEFINE_string("workdir", None, "training workdir holding export/", flag_values=values)
-  flags.DEFINE_string("task", None, "a task folder (audio + meta.csv) or labelled mel shards",
+  flags.DEFINE_string("task", None, "a task folder (audio + meta.csv), a HEAR task folder "
+                      "(task_metadata.json), an EVAR metadata .csv or labelled mel shards",
                       flag_values=values)
   flags.DEFINE_enum("freq_pool", "concat", features.FREQ_POOLS, "concatenate (EVAR) or "
                     "average the frequency tokens of a time step", flag_values=values)
   flags.DEFINE_bool("random_init", False, "embed with the encoder as its training started",
                     flag_values=values)
   flags.DEFINE_float("unit_sec", None, "clip length in seconds (default: the task's "
-                     "task.json, else whole)", flag_values=values)
+                     "task.json, a HEAR task's sample_duration, else whole)",
+                     flag_values=values)
+  flags.DEFINE_string("audio_root", None, "the folder an EVAR .csv task's file_name paths "
+                      "are relative to (default: the CSV's folder)", flag_values=values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
   try:
     config, frontend_meta, sets = embeddings.load_feature_sets(
         args.workdir, ("random_init",) if args.random_init else ("trained",))
-    (task, x), = embeddings.embed_tasks(args.workdir, [args.task], sets, frontend_meta,
+    (task, x), = embeddings.embed_tasks(args.workdir,
+                                        task_data.sources([args.task], args.audio_root),
+                                        sets, frontend_meta,
                                         freq_pool=args.freq_pool, unit_sec=args.unit_sec,
                                         chunk_batch=config.probe.chunk_batch)
   except (FileNotFoundError, ValueError, memory.OutOfMemoryError,

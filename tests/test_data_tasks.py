@@ -33,7 +33,8 @@ def test_reads_multilabel_task(tmp_path):
 
 @pytest.mark.parametrize("csv_text, error, message", [
     ("filename,fold\na.wav,1\n", ValueError, "lacks label"),
-    ("filename,label,spilt\na.wav,dog,train\n", ValueError, "unknown spilt"),
+    ("filename,label,spilt\na.wav,dog,train\n", ValueError,
+     "column 'spilt' looks like a misspelt 'split'"),
     ("filename,label\na.wav,dog\nmissing.wav,cat\n", FileNotFoundError, "missing.wav"),
     ("filename,label\na.wav,dog\nb.wav,\n", ValueError, r"meta.csv:3: empty label"),
     ("filename,label\na.wav,dog;;cat\n", ValueError, "empty label"),

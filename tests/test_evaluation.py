@@ -220,7 +220,7 @@ def test_missing_or_unknown_task_sources_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     task_data.read(tmp_path / "nope")
   (tmp_path / "empty").mkdir()
-  with pytest.raises(FileNotFoundError, match="neither a task folder"):
+  with pytest.raises(FileNotFoundError, match="is none of a task folder"):
     task_data.read(tmp_path / "empty")
 
 

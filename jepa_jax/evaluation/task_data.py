@@ -1,15 +1,23 @@
-"""Labelled evaluation data as an encoder's input, from either source the evaluation reads:
+"""Labelled evaluation data as an encoder's input, from any source the evaluation reads
+(the kind found from the path):
 
   a task folder: audio files plus meta.csv (`filename,label[,fold][,split]`, multi-label
-    classes separated by ';'), the one labelled-task format (data_pipelines.tasks);
+    classes separated by ';'; filenames relative to the folder or its audio/ subfolder;
+    other columns kept as information), the house's format (data_pipelines.tasks);
+  a HEAR 2021 task folder (task_metadata.json, labelvocabulary.csv, per-split label
+    files, audio under 16000/<split>/), as hear-preprocess writes it (hear_tasks);
+  an EVAR metadata CSV (`file_name,label` and `split` or `fold`, extra columns kept),
+    its audio under an audio root given with it (TaskSource; evar_tasks);
   prepared mel shards whose metadata has a `label` label map (and `fold` / `split` maps
     when the labels CSV had them), as `python -m data_pipelines.prepare --labels=CSV`
     writes; segments of a file split at --max_seconds are joined back into one clip.
 
-An optional `task.json` beside meta.csv / metadata.json sets the task's clip length
-`unit_sec` (EVAR's per-task setting): clips are cut to it, from the start for embeddings
-and evaluation, at a random offset for fine-tuning batches, and padded when shorter.
-Without it every clip is used whole.
+An optional `task.json` beside meta.csv / metadata.json / task_metadata.json sets the
+task's clip length `unit_sec` (EVAR's per-task setting): clips are cut to it, from the
+start for embeddings and evaluation, at a random offset for fine-tuning batches, and
+padded when shorter. Without it every clip is used whole (a HEAR task: its
+sample_duration). Its other keys are kept as information (`LabelledTask.info`) with a
+warning; a key that looks like a misspelt `unit_sec` is an error.
 
 Padding, wherever a clip or its last chunk is padded (here, features.chunk, fine-tuning,
 HEAR), is `pad_value(frontend_meta, clip)`: the front end's `pad_value` of that clip, the
@@ -19,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -27,71 +34,79 @@ import numpy as np
 
 from data_pipelines import audio_io, frontends, shards
 from data_pipelines import tasks as tasks_lib
+from jepa_jax.evaluation import evar_tasks, hear_tasks, labelled_task
+from jepa_jax.evaluation.labelled_task import LabelledTask, fingerprint
 
 TASK_SETTINGS_FILE = "task.json"
 TASK_SETTINGS = ("unit_sec",)
+KINDS = (f"a task folder (audio + {tasks_lib.META_FILE}), a HEAR task folder "
+         f"({hear_tasks.METADATA_FILE}), an EVAR metadata .csv or a labelled mel shard "
+         f"directory")
 
 
 @dataclasses.dataclass(frozen=True)
-class LabelledTask:
-  name: str
-  source: Path             # the task folder or shard directory
-  labels: tuple[tuple[str, ...], ...]  # class names of each clip
-  folds: tuple[str | None, ...]
-  splits: tuple[str | None, ...]
-  label_names: tuple[str, ...]  # sorted
-  multilabel: bool
-  unit_sec: float | None
-  fingerprint: str         # changes whenever the clips, labels or settings change
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def targets(self) -> np.ndarray:
-    """(n,) class indices, or (n, classes) multi-hot float32 for a multi-label task."""
-    index = {name: i for i, name in enumerate(self.label_names)}
-    if not self.multilabel:
-      return np.array([index[labels[0]] for labels in self.labels], np.int32)
-    y = np.zeros((len(self.labels), len(self.label_names)), np.float32)
-    for row, labels in enumerate(self.labels):
-      y[row, [index[label] for label in labels]] = 1.0
-    return y
+class TaskSource:
+  """A task's path with the folder an EVAR metadata CSV's file names are relative to
+  (None: the CSV's own folder); any other source is its path alone."""
+  path: Path
+  audio_root: Path | None = None
 
 
-def _settings(source: Path, unit_sec: float | None) -> float | None:
-  """unit_sec from the argument, else from the source's task.json, else None."""
+def sources(paths: list, audio_root: str | Path | None = None) -> list:
+  """The task sources a command names: each path, an EVAR CSV with `audio_root` (which
+  applies to the CSVs only, so it must name at least one)."""
+  if audio_root is None:
+    return list(paths)
+  if not any(evar_tasks.is_task(Path(p)) for p in paths):
+    raise ValueError("--audio_root applies to EVAR metadata CSVs (--task=FILE.csv); no "
+                     "task given is one")
+  if not Path(audio_root).is_dir():
+    raise FileNotFoundError(f"--audio_root {audio_root} is not a folder")
+  return [TaskSource(Path(p), Path(audio_root)) if evar_tasks.is_task(Path(p)) else p
+          for p in paths]
+
+
+def _settings(source: Path, unit_sec: float | None) -> tuple[float | None, dict]:
+  """unit_sec from the argument, else from the source's task.json, else None; and
+  task.json's other keys (information, with a warning)."""
   path = source / TASK_SETTINGS_FILE
-  if unit_sec is None and path.is_file():
+  extra = {}
+  if path.is_file():
     try:
       settings = json.loads(path.read_text())
     except json.JSONDecodeError as err:
       raise ValueError(f"{path} is not valid JSON ({err}); write e.g. "
                        f"{{\"unit_sec\": 5.0}}") from err
-    unknown = sorted(set(settings) - set(TASK_SETTINGS))
-    if unknown:
-      raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: "
-                       f"{', '.join(TASK_SETTINGS)}")
-    unit_sec = settings.get("unit_sec")
+    if not isinstance(settings, dict):
+      raise ValueError(f"{path} holds no JSON object; write e.g. {{\"unit_sec\": 5.0}}")
+    for key in settings:
+      if key not in TASK_SETTINGS and (meant := tasks_lib.misspelt(key, TASK_SETTINGS,
+                                                                  settings)):
+        raise ValueError(f"{path}: key {key!r} looks like a misspelt {meant!r}; rename it "
+                         f"(known: {', '.join(TASK_SETTINGS)}; others are kept as "
+                         f"information)")
+    extra = {k: v for k, v in settings.items() if k not in TASK_SETTINGS}
+    labelled_task.warn_unused(path, "key(s)", sorted(extra))
+    if unit_sec is None:
+      unit_sec = settings.get("unit_sec")
   if unit_sec is not None and not (isinstance(unit_sec, (int, float)) and unit_sec > 0):
     raise ValueError(f"unit_sec of task {source} must be a positive number of seconds, "
                      f"got {unit_sec!r}")
-  return None if unit_sec is None else float(unit_sec)
-
-
-def fingerprint(*parts) -> str:
-  """A short stable hash of JSON-able parts (what a cache key or a task's identity hashes)."""
-  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return (None if unit_sec is None else float(unit_sec)), extra
 
 
 def _from_folder(source: Path, unit_sec: float | None) -> tuple[LabelledTask, list[Path]]:
   task = tasks_lib.read_task(source)
-  files = [(str(r.path), r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in task.rows]
   meta = (source / tasks_lib.META_FILE).read_text()
+  paths = [r.path for r in task.rows]
+  labelled_task.warn_unused(source / tasks_lib.META_FILE, "column(s)", task.extra)
   return LabelledTask(
       name=source.name, source=source, labels=tuple(r.labels for r in task.rows),
       folds=tuple(r.fold for r in task.rows), splits=tuple(r.split for r in task.rows),
       label_names=task.label_names, multilabel=task.multilabel, unit_sec=unit_sec,
-      fingerprint=fingerprint("folder", meta, files, unit_sec)), [r.path for r in task.rows]
+      fingerprint=fingerprint("folder", meta, labelled_task.file_stats(paths), unit_sec),
+      columns={c: tuple(r.extra[i] for r in task.rows)
+               for i, c in enumerate(task.extra)}), paths
 
 
 def _shard_clips(source: Path, num_examples: int) -> list[list[int]]:
@@ -136,23 +151,40 @@ def _from_shards(source: Path, unit_sec: float | None):
   return task, (source_records, clips)
 
 
-def read(source: str | Path, unit_sec: float | None = None) -> LabelledTask:
-  """The task at `source` (a task folder or a labelled shard directory)."""
+def read(source, unit_sec: float | None = None) -> LabelledTask:
+  """The task at `source` (a path of any kind KINDS lists, or a TaskSource)."""
   return _open(source, unit_sec)[0]
 
 
-def _open(source: str | Path, unit_sec: float | None):
-  source = Path(source).absolute()
+def _open(source, unit_sec: float | None):
+  audio_root = source.audio_root if isinstance(source, TaskSource) else None
+  source = Path(source.path if isinstance(source, TaskSource) else source).absolute()
+  if evar_tasks.is_task(source):
+    return evar_tasks.read(source, audio_root, unit_sec)
   if not source.is_dir():
-    raise FileNotFoundError(f"task {source} does not exist; give a task folder (audio plus "
-                            f"{tasks_lib.META_FILE}) or a labelled mel shard directory")
-  unit_sec = _settings(source, unit_sec)
+    raise FileNotFoundError(f"task {source} does not exist; give {KINDS}")
+  unit_sec, extra = _settings(source, unit_sec)
   if (source / shards.METADATA_FILE).is_file():
-    return _from_shards(source, unit_sec)
-  if (source / tasks_lib.META_FILE).is_file():
-    return _from_folder(source, unit_sec)
-  raise FileNotFoundError(f"{source} is neither a task folder (no {tasks_lib.META_FILE}) nor "
-                          f"a mel shard directory (no {shards.METADATA_FILE})")
+    task, handle = _from_shards(source, unit_sec)
+  elif (source / tasks_lib.META_FILE).is_file():
+    task, handle = _from_folder(source, unit_sec)
+  elif hear_tasks.is_task(source):
+    task, handle = hear_tasks.read(source, unit_sec)
+  else:
+    raise FileNotFoundError(f"{source} is none of {KINDS} (it has no {tasks_lib.META_FILE}, "
+                            f"{hear_tasks.METADATA_FILE} or {shards.METADATA_FILE})")
+  return (dataclasses.replace(task, info={**task.info, **extra}) if extra else task), handle
+
+
+def reported(result: dict, task: LabelledTask) -> dict:
+  """A protocol's result with the scores the task's metadata asks for (a HEAR task's
+  `evaluation` list), in its order, and `metrics`: each of its names with the library
+  score reporting it (None: none here). Tasks that name no metrics keep every score."""
+  chosen = [score for _, score in task.metrics if score in result["scores"]]
+  if not chosen:
+    return result
+  return {**result, "scores": {s: result["scores"][s] for s in dict.fromkeys(chosen)},
+          "metrics": dict(task.metrics)}
 
 
 def normalize(features: np.ndarray, frontend_meta: dict) -> np.ndarray:
@@ -258,8 +290,10 @@ def _holdout(idx: np.ndarray, rng: np.random.Generator, fraction: float = 0.1):
 
 def splits(task: LabelledTask, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """[(train, valid, test) row indices]: one entry for a split column, one per fold
-  (leave one fold out, folds never reshuffled) for a fold column. 10 % of train is held
-  out as validation when there is no valid split."""
+  (leave one fold out, folds never reshuffled) for a fold column. Validation: the valid
+  split, or 10 % of train held out when there is none; with folds, 10 % of the other
+  folds' rows held out, or for a HEAR k-fold task (validation NEXT_FOLD) the next fold
+  in sorted order, as hear-eval-kit's data_splits_from_folds."""
   rng = np.random.default_rng(seed)
   if any(s is not None for s in task.splits):
     by = {s: np.array([i for i, v in enumerate(task.splits) if v == s], int)
@@ -273,10 +307,14 @@ def splits(task: LabelledTask, seed: int = 0) -> list[tuple[np.ndarray, np.ndarr
   if len(folds) < 2:
     raise ValueError(f"task {task.source}: meta.csv needs a split column (train/valid/test) "
                      f"or a fold column with at least two folds")
+  rows = {f: np.array([i for i, v in enumerate(task.folds) if v == f], int) for f in folds}
   out = []
-  for fold in folds:
-    test = np.array([i for i, f in enumerate(task.folds) if f == fold], int)
-    rest = np.array([i for i, f in enumerate(task.folds) if f != fold], int)
-    out.append((*_holdout(rest, rng), test))
+  for k, fold in enumerate(folds):
+    if task.validation == labelled_task.NEXT_FOLD:
+      valid = folds[(k + 1) % len(folds)]
+      train = np.sort(np.concatenate([rows[f] for f in folds if f not in (fold, valid)]))
+      out.append((train, rows[valid], rows[fold]))
+    else:
+      rest = np.array([i for i, f in enumerate(task.folds) if f != fold], int)
+      out.append((*_holdout(rest, rng), rows[fold]))
   return out
-
