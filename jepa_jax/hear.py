@@ -42,11 +42,14 @@ allocate as it goes. JAX reads it when its backend starts, on the first JAX comp
 of the process: if one ran before this import, the setting has no effect (a warning says
 so when a GPU backend is up); set the variable in the environment to be sure.
 
-hear-eval-kit accepts only torch or TensorFlow modules: when torch imports, `load_model`
-returns a parameterless torch.nn.Module shell around the JAX model, and the
-`get_*_embeddings` functions given torch tensors return torch tensors on the input's
-device. Without torch (an optional extra: pip install jepa_jax[torch]) they take and
-return numpy arrays and `load_model` returns the plain `HearModel`.
+Torch mode: hear-eval-kit accepts only torch or TensorFlow modules. When torch imports,
+`load_model` converts the encoder to PyTorch (jepa_jax/torch_encoder.py, the module
+`python -m jepa_jax.convert export` writes: front end, encoder and pooling, the same
+embeddings within float32 rounding) and returns a `TorchHearModel`, a torch.nn.Module
+holding its parameters (move it with .to(device)); the `get_*_embeddings` functions then
+compute with it on its device. Given torch tensors they return torch tensors on the
+input's device, given numpy arrays numpy arrays. Without torch (an optional extra: pip
+install jepa_jax[torch]) `load_model` returns the plain `HearModel`, which computes in JAX.
 """
 import os
 
@@ -65,6 +68,7 @@ import numpy as np  # noqa: E402
 
 from data_pipelines import frontends  # noqa: E402
 from jepa_jax import export  # noqa: E402
+from jepa_jax.convert import export_torch  # noqa: E402
 from jepa_jax.evaluation import features, task_data  # noqa: E402
 from jepa_jax.models import vit  # noqa: E402
 
@@ -170,24 +174,15 @@ def _find_export(model_file_path) -> Path:
     raise FileNotFoundError(
         "jepa_jax.hear.load_model needs a model path: a training workdir (holding export/) "
         "or its export/ directory (hear-validator: --model PATH)")
-  path = Path(model_file_path).expanduser().absolute()
-  for candidate in (path, path / "export"):
-    if (candidate / "config.json").is_file():
-      return candidate
-  if not path.exists():
-    raise FileNotFoundError(
-        f"HEAR model path {path} does not exist; give a training workdir (holding export/) "
-        f"or its export/ directory, which jepa_jax.main writes at the end of training")
-  raise FileNotFoundError(
-      f"{path} holds no encoder export (no config.json in it or in {path / 'export'}); "
-      f"train to the end with jepa_jax.main, which writes <workdir>/export")
+  return export_torch.find_export(model_file_path)
 
 
 def load_model(model_file_path="", batch_size: int = 64):
   """The model at a training workdir or export directory, for the get_* functions: a
-  parameterless torch.nn.Module shell when torch is installed, else a HearModel."""
+  TorchHearModel (torch.nn.Module, the encoder converted to PyTorch) when torch is
+  installed, else a HearModel (JAX)."""
   export_dir = _find_export(model_file_path)
-  _, encoder, params, meta = export.load_encoder(export_dir)
+  config, encoder, params, meta = export.load_encoder(export_dir)
   frontend = task_data.frontend_of(meta)
   size = features.embedding_size(encoder, FREQ_POOL)
   model = HearModel(
@@ -197,52 +192,57 @@ def load_model(model_file_path="", batch_size: int = 64):
       batch_size=batch_size, sample_rate=int(frontend.sample_rate),
       scene_embedding_size=int(size), timestamp_embedding_size=int(size))
   frame_centre2(frontend)  # an unknown recipe fails here, not on the first sound
-  shell = _torch_shell_class()
-  return model if shell is None else shell(model)
+  torch_class = _torch_model_class()
+  if torch_class is None:
+    return model
+  return torch_class(model, export_torch.module_of(config, params, meta, FREQ_POOL, batch_size))
 
 
-_SHELL = []  # the torch shell class, defined once torch has imported
+_TORCH_MODEL = []  # the torch model class, defined once torch has imported
 
 
-def _torch_shell_class():
-  if _SHELL:
-    return _SHELL[0]
+def _torch_model_class():
+  if _TORCH_MODEL:
+    return _TORCH_MODEL[0]
   try:
     import torch  # lazy: an optional extra
   except ImportError:
     return None
 
   class TorchHearModel(torch.nn.Module):
-    """Parameterless torch module holding the JAX model, for hear-eval-kit."""
+    """The encoder in PyTorch (`audio_encoder`, a torch_encoder.AudioEncoder: parameters,
+    front-end buffers) and what HEAR's timestamps need (`info`: the HearModel without
+    its JAX parameters)."""
 
-    def __init__(self, model: HearModel):
+    def __init__(self, model: HearModel, audio_encoder: torch.nn.Module):
       super().__init__()
-      self.jax_model = model
+      self.audio_encoder = audio_encoder
+      self.info = dataclasses.replace(model, params=None)
 
     @property
     def sample_rate(self) -> int:
-      return self.jax_model.sample_rate
+      return self.info.sample_rate
 
     @property
     def scene_embedding_size(self) -> int:
-      return self.jax_model.scene_embedding_size
+      return self.info.scene_embedding_size
 
     @property
     def timestamp_embedding_size(self) -> int:
-      return self.jax_model.timestamp_embedding_size
+      return self.info.timestamp_embedding_size
 
     def forward(self, audio):
       return get_scene_embeddings(audio, self)
 
-  _SHELL.append(TorchHearModel)
+  _TORCH_MODEL.append(TorchHearModel)
   return TorchHearModel
 
 
 def _unwrap(model) -> HearModel:
-  model = getattr(model, "jax_model", model)
-  if not isinstance(model, HearModel):
+  info = getattr(model, "info", model)
+  if not isinstance(info, HearModel):
     raise TypeError(f"expected a model from jepa_jax.hear.load_model, got {type(model)}")
-  return model
+  return info
 
 
 def _as_numpy(audio) -> tuple[np.ndarray, Any]:
@@ -296,6 +296,29 @@ def _groups(n_sounds: int, frames_each: int):
     yield slice(start, min(start + size, n_sounds))
 
 
+def _pass_embeddings(model, m: HearModel, audio: np.ndarray, passes: int) -> list[np.ndarray]:
+  """Per sound and pass j < `passes` (sound-major), the (time patches, D) embeddings of
+  the sound's encoder input with its first j * shift_frames frames dropped."""
+  if m.params is None:  # a TorchHearModel: its PyTorch encoder on its own device
+    return _torch_pass_embeddings(model.audio_encoder, m, audio, passes)
+  mels, pads = _inputs(m, audio)
+  shifted = [mel[:, j * m.shift_frames:] for mel in mels for j in range(passes)]
+  return features.frame_embeddings(m.encoder, m.params, shifted, m.frames,
+                                   [pad for pad in pads for _ in range(passes)],
+                                   m.batch_size, FREQ_POOL)
+
+
+def _torch_pass_embeddings(audio_encoder, m: HearModel, audio: np.ndarray,
+                           passes: int) -> list[np.ndarray]:
+  import torch  # lazy: an optional extra, present for a TorchHearModel
+  device = next(audio_encoder.parameters()).device
+  with torch.inference_mode():
+    x, pad = audio_encoder.encoder_input(torch.from_numpy(audio).to(device))
+    per_pass = [audio_encoder.frame_embeddings(x[:, :, j * m.shift_frames:], pad)
+                .cpu().numpy() for j in range(passes)]
+  return [per_pass[j][s] for s in range(len(audio)) for j in range(passes)]
+
+
 def get_scene_embeddings(audio, model):
   """(n_sounds, scene_embedding_size) float32: the mean over time of each sound's patch
   embeddings (features.clip_embeddings with freq_pool='concat')."""
@@ -303,9 +326,7 @@ def get_scene_embeddings(audio, model):
   audio, device = _as_numpy(audio)
   out = np.zeros((audio.shape[0], m.scene_embedding_size), np.float32)
   for part in _groups(audio.shape[0], _frames(m.frontend, audio.shape[1])):
-    mels, pads = _inputs(m, audio[part])
-    out[part] = features.clip_embeddings(m.encoder, m.params, mels, m.frames, pads,
-                                         m.batch_size, FREQ_POOL)
+    out[part] = [f.mean(0) for f in _pass_embeddings(model, m, audio[part], 1)]
   return _out(out, device)
 
 
@@ -322,11 +343,7 @@ def get_timestamp_embeddings(audio, model):
   passes = min(m.passes, count)  # a pass whose first timestamp is past the end is skipped
   out = np.zeros((n_sounds, count, m.timestamp_embedding_size), np.float32)
   for part in _groups(n_sounds, passes * _frames(m.frontend, n_samples)):
-    mels, pads = _inputs(m, audio[part])
-    shifted = [mel[:, j * m.shift_frames:] for mel in mels for j in range(passes)]
-    per_pass = features.frame_embeddings(m.encoder, m.params, shifted, m.frames,
-                                         [pad for pad in pads for _ in range(passes)],
-                                         m.batch_size, FREQ_POOL)
+    per_pass = _pass_embeddings(model, m, audio[part], passes)
     for s in range(part.stop - part.start):
       for j in range(passes):
         idx = np.arange(j, count, m.passes)

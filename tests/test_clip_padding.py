@@ -147,6 +147,9 @@ def test_embeddings_pad_each_clip_with_its_own_value(dasheng_run, task_dir, raw_
 
 
 def test_hear_pads_each_sound_with_its_own_value(dasheng_run, monkeypatch):
+  # The JAX model, whose chunks are spied on; the torch model (with torch installed)
+  # equals it, padding included (tests/test_hear.py, test_convert_export.py).
+  monkeypatch.setattr(hear, "_torch_model_class", lambda: None)
   model = hear.load_model(str(dasheng_run), batch_size=8)
   length = int(0.3 * SR)
   audio = np.stack([_tone(a, 0.3, i) for i, (a, _) in enumerate(CLIPS)])
@@ -157,7 +160,7 @@ def test_hear_pads_each_sound_with_its_own_value(dasheng_run, monkeypatch):
   _check_chunks(calls, [expected_pad(raw) for raw in raws])
   calls.clear()
   hear.get_timestamp_embeddings(audio, model)
-  passes = getattr(model, "jax_model", model).passes
+  passes = model.passes
   _check_chunks(calls, [expected_pad(raw) for raw in raws for _ in range(passes)])
 
 

@@ -1,5 +1,7 @@
 """The HEAR API (jepa_jax.hear) on a random-init tiny encoder export: what hear-eval-kit
-and hear-validator check, plus the shifted-pass timestamp embeddings."""
+and hear-validator check, plus the shifted-pass timestamp embeddings. `model` is what
+load_model returns (the PyTorch model when torch is installed), `plain` the JAX model;
+references come from the JAX features of `plain`."""
 import dataclasses
 import os
 from fractions import Fraction
@@ -39,6 +41,14 @@ def model(workdir):
   return hear.load_model(str(workdir), batch_size=16)
 
 
+@pytest.fixture(scope="module")
+def plain(workdir):
+  """The JAX HearModel, as load_model returns it without torch."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(hear, "_torch_model_class", lambda: None)
+    return hear.load_model(workdir / "export", batch_size=16)
+
+
 def noise(n_sounds: int, seconds: float, seed: int = 0) -> np.ndarray:
   """White noise in [-1, 1], as hear-validator feeds (length int(seconds * 16000))."""
   rng = np.random.default_rng(seed)
@@ -46,7 +56,7 @@ def noise(n_sounds: int, seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def encoder_input(model, wave: np.ndarray) -> np.ndarray:
-  m = model.jax_model if hasattr(model, "jax_model") else model
+  m = jax_model(model)
   return task_data.normalize(m.frontend.logmel(wave), m.frontend_meta)
 
 
@@ -57,7 +67,8 @@ def clip_pad(model, wave: np.ndarray) -> np.ndarray:
 
 
 def jax_model(model) -> hear.HearModel:
-  return getattr(model, "jax_model", model)
+  """The HearModel of either kind (a TorchHearModel's holds no JAX parameters)."""
+  return hear._unwrap(model)
 
 
 def test_attributes(model):
@@ -100,10 +111,10 @@ def test_ten_minutes_no_drift(model):
   assert scene.shape == (1, model.scene_embedding_size) and np.all(np.isfinite(scene))
 
 
-def test_shifted_passes(model):
+def test_shifted_passes(model, plain):
   """Timestamp embedding k * K + j is patch k of the log-mel with j * 16 / K leading frames
   dropped, each centred where the timestamp says."""
-  m = jax_model(model)
+  m = plain
   audio = noise(1, 2.37, seed=1)  # 238 frames: 4 chunks, cut differently by each pass
   emb, ts = hear.get_timestamp_embeddings(audio, model)
   mel = encoder_input(model, audio[0])
@@ -122,8 +133,8 @@ def test_shifted_passes(model):
   assert np.array_equal(ts[0], expected)
 
 
-def test_scene_is_time_mean(model):
-  m = jax_model(model)
+def test_scene_is_time_mean(model, plain):
+  m = plain
   audio = noise(2, 1.5, seed=2)
   scene = hear.get_scene_embeddings(audio, model)
   mels = [encoder_input(model, wave) for wave in audio]
@@ -131,8 +142,8 @@ def test_scene_is_time_mean(model):
   frames = features.frame_embeddings(m.encoder, m.params, mels, m.frames, pads,
                                      m.batch_size, "concat")
   np.testing.assert_allclose(scene, np.stack([f.mean(0) for f in frames]), rtol=1e-5,
-                             atol=1e-6)
-  np.testing.assert_allclose(scene, features.clip_embeddings(
+                             atol=1e-5)
+  np.testing.assert_allclose(hear.get_scene_embeddings(audio, plain), features.clip_embeddings(
       m.encoder, m.params, mels, m.frames, pads, m.batch_size, "concat"), rtol=1e-6,
       atol=1e-7)
 
@@ -189,15 +200,33 @@ def test_bad_input(model, tmp_path):
     hear.load_model()
 
 
-def test_export_dir_and_plain_model(workdir, model, monkeypatch):
-  """load_model takes export/ itself; without torch it returns the plain HearModel."""
-  monkeypatch.setattr(hear, "_torch_shell_class", lambda: None)
-  plain = hear.load_model(workdir / "export", batch_size=16)
-  assert isinstance(plain, hear.HearModel)
+def test_export_dir_and_plain_model(plain, model):
+  """load_model takes export/ itself; without torch it returns the plain HearModel, whose
+  embeddings the PyTorch model's equal within float32 rounding."""
+  assert isinstance(plain, hear.HearModel) and plain.params is not None
   assert (plain.sample_rate, plain.scene_embedding_size) == (SR, 160)
   audio = noise(1, 1.0, seed=5)
-  assert np.array_equal(hear.get_scene_embeddings(audio, plain),
-                        hear.get_scene_embeddings(audio, model))
+  np.testing.assert_allclose(hear.get_scene_embeddings(audio, plain),
+                             hear.get_scene_embeddings(audio, model), rtol=1e-5, atol=1e-5)
+
+
+def test_a_training_workdir_is_read_for_its_export(workdir, plain, tmp_path):
+  """A real workdir holds its own config.json (the training config) beside export/:
+  load_model reads export/, not the workdir's config as an export's (which died in
+  orbax's "Checkpoint at RUN/encoder not found")."""
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "export").symlink_to(workdir / "export")
+  (run / "config.json").write_text((workdir / "export" / "config.json").read_text())
+  (run / "checkpoints").mkdir()
+  loaded = hear.load_model(str(run), batch_size=16)
+  assert jax_model(loaded).export_dir == run / "export"
+  audio = noise(1, 0.8, seed=7)
+  np.testing.assert_allclose(hear.get_scene_embeddings(audio, loaded),
+                             hear.get_scene_embeddings(audio, plain), rtol=1e-5, atol=1e-5)
+  (run / "export").unlink()  # a run that never finished: its config.json is no export
+  with pytest.raises(FileNotFoundError, match="holds no encoder export"):
+    hear.load_model(run)
 
 
 def test_passes_and_grid():
@@ -214,7 +243,7 @@ def test_passes_and_grid():
 
 def test_torch_round_trip(model):
   torch = pytest.importorskip("torch")
-  assert isinstance(model, torch.nn.Module) and list(model.parameters()) == []
+  assert isinstance(model, torch.nn.Module) and list(model.parameters())
   assert model.to("cpu") is model
   audio = noise(2, 1.07, seed=6)
   scene = hear.get_scene_embeddings(torch.from_numpy(audio), model)
@@ -264,3 +293,33 @@ def test_an_old_export_embeds_with_the_filterbank_it_was_trained_with(model, tmp
   loaded = audio_io.load_audio(tmp_path / "audio" / "a.wav", SR)
   np.testing.assert_allclose(clip, task_data.normalize(then.logmel(loaded), meta), rtol=1e-6)
   assert not np.allclose(clip, task_data.normalize(fe.logmel(loaded), meta), atol=1e-2)
+
+
+def test_torch_mode_computes_in_pytorch_with_the_jax_values(model, plain):
+  """With torch installed, load_model's model is a torch.nn.Module holding the encoder's
+  parameters (torch_encoder.AudioEncoder, timm's key names), computing in PyTorch: the
+  same shapes, timestamps and, within float32 rounding, values as the JAX model."""
+  torch = pytest.importorskip("torch")
+  names = dict(model.named_parameters())
+  assert "audio_encoder.encoder.blocks.0.attn.qkv.weight" in names
+  jax_count = sum(np.size(p) for p in jax.tree.leaves(plain.params))
+  pos = names["audio_encoder.encoder.pos_embed"]  # the sin-cos table: a parameter in timm
+  assert sum(p.numel() for p in names.values()) == jax_count + pos.numel()
+  audio = torch.from_numpy(noise(3, 2.37, seed=8))
+  scene = hear.get_scene_embeddings(audio, model)
+  emb, ts = hear.get_timestamp_embeddings(audio, model)
+  ref_scene = hear.get_scene_embeddings(audio.numpy(), plain)
+  ref_emb, ref_ts = hear.get_timestamp_embeddings(audio.numpy(), plain)
+  assert scene.shape == (3, 160) and emb.shape == ref_emb.shape == (3, 58, 160)
+  assert np.array_equal(ts.numpy(), ref_ts)
+  for name, got, ref in (("scene", scene.numpy(), ref_scene), ("timestamp", emb.numpy(), ref_emb)):
+    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    print(f"HEAR torch vs JAX {name} embeddings: max abs diff / max abs = {rel:.2e}")
+    assert rel <= 1e-4
+  with torch.no_grad():  # the computation is PyTorch's: perturbing a weight changes it
+    model.audio_encoder.encoder.norm.bias.add_(1.0)
+  try:
+    assert not np.allclose(hear.get_scene_embeddings(audio, model).numpy(), ref_scene, atol=0.5)
+  finally:
+    with torch.no_grad():
+      model.audio_encoder.encoder.norm.bias.sub_(1.0)

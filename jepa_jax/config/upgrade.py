@@ -13,6 +13,7 @@ ADDED_FIELDS = {
     "data.exclude_classes": "", "data.cyclic_crop": False,
     "uamix.augment.background": 0.0,
     "model.scan_layers": False, "model.remat": "none",
+    "model.class_token": False,  # before imported encoders (jepa_jax/convert)
     "predictor.scan_layers": False, "predictor.remat": "none",
     "decoder.scan_layers": False, "decoder.remat": "none",
     "predictor.block": "prenorm", "decoder.block": "prenorm",  # before models/swinv2.py

@@ -54,7 +54,8 @@ def build_encoder(config: ml_collections.ConfigDict, grid: tuple[int, int]) -> v
   return vit.Encoder(grid=grid, patch_shape=tuple(m.patch_shape), width=m.width,
                      depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
                      dtype=DTYPES[m.dtype], attention_impl=_attention_impl(m),
-                     positions=m.positions, **stack_options(m))
+                     positions=m.positions, class_token=m.class_token,
+                     **stack_options(m))
 
 
 def windows(head: ml_collections.ConfigDict,

@@ -211,7 +211,7 @@ def unstack_layers(params: dict) -> dict:
   return params
 
 
-POSITIONS = ("sincos", "learned")
+POSITIONS = ("sincos", "learned", "table", "fixed_table")
 
 
 class PositionTable(nn.Module):
@@ -219,6 +219,10 @@ class PositionTable(nn.Module):
 
   'sincos': fixed 2-D sin-cos (Audio-JEPA, A-JEPA, AudioMAE). 'learned': factorised
   learnable tables, frequency (F, 1) plus time (1, T), initialised N(0, 0.02) (Dasheng).
+  'table': one learnable (F*T, width) table (timm's pos_embed); 'fixed_table': the same
+  parameter held fixed by a stop-gradient (an imported AudioMAE / M2D table, which those
+  projects never train; with no gradient AdamW leaves it unchanged, and weight decay
+  reaches only kernels).
   """
   grid: tuple[int, int]
   width: int
@@ -228,9 +232,13 @@ class PositionTable(nn.Module):
   def __call__(self) -> jnp.ndarray:
     if self.kind == "sincos":
       return jnp.asarray(positions.sincos_2d(self.width, self.grid))
-    if self.kind != "learned":
+    if self.kind not in POSITIONS:
       raise ValueError(f"unknown positions {self.kind!r}; known: {', '.join(POSITIONS)}")
     init = nn.initializers.normal(0.02)
+    if self.kind in ("table", "fixed_table"):
+      table = self.param("table", layers.named(init, (None, "embed")),
+                         (self.grid[0] * self.grid[1], self.width))
+      return jax.lax.stop_gradient(table) if self.kind == "fixed_table" else table
     names = (None, None, "embed")
     freq = self.param("freq", layers.named(init, names), (self.grid[0], 1, self.width))
     time = self.param("time", layers.named(init, names), (1, self.grid[1], self.width))
@@ -238,7 +246,12 @@ class PositionTable(nn.Module):
 
 
 class Encoder(nn.Module):
-  """ViT over spectrogram patches of `patch_shape` (mel bins, frames), no CLS token.
+  """ViT over spectrogram patches of `patch_shape` (mel bins, frames).
+
+  With `class_token` (off in every recipe; imported AudioMAE / M2D / timm encoders) a
+  learned token is put before the patches, takes part in attention in every block and is
+  dropped from the output: the output is always one row per patch token, which is what
+  AudioMAE's decoder and M2D's evaluation read (both drop the class token's output).
 
   Call with the patches it should see: `patches` (B, M, pf*pt) at token positions
   `idx` (B, M) (every position in order when None), and `valid` (B, M) marking real
@@ -257,6 +270,7 @@ class Encoder(nn.Module):
   positions: str = "sincos"
   scan: bool = False       # see Transformer
   remat: str = "none"
+  class_token: bool = False
 
   @nn.compact
   def __call__(self, patches: jnp.ndarray, idx: jnp.ndarray | None = None,
@@ -276,7 +290,24 @@ class Encoder(nn.Module):
     else:
       x = x + table[idx]
     # The residual stream in the compute dtype (the float32 table would promote it).
+    if self.class_token:
+      x, valid, layer_key_masks = self._with_class_token(x, valid, layer_key_masks)
     x = nn.with_logical_constraint(x.astype(self.dtype), ("batch", "length", "embed"))
-    return Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
-                       self.attention_impl, scan=self.scan, remat=self.remat,
-                       name="transformer")(x, valid, layer_key_masks)
+    out = Transformer(self.depth, self.num_heads, self.mlp_dim, self.dtype,
+                      self.attention_impl, scan=self.scan, remat=self.remat,
+                      name="transformer")(x, valid, layer_key_masks)
+    return out[:, 1:] if self.class_token else out
+
+  def _with_class_token(self, x, valid, layer_key_masks):
+    """The class token (its position already folded in) before the patch tokens; it is
+    a valid key in every layer."""
+    token = self.param("cls_token", layers.named(nn.initializers.normal(0.02),
+                                                 (None, None, "embed")), (1, 1, self.width))
+    b = x.shape[0]
+    x = jnp.concatenate([jnp.broadcast_to(token, (b, 1, self.width)).astype(x.dtype), x], 1)
+    if valid is not None:
+      valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
+    if layer_key_masks is not None:
+      first = jnp.ones(layer_key_masks.shape[:2] + (1,), bool)
+      layer_key_masks = jnp.concatenate([first, layer_key_masks], axis=2)
+    return x, valid, layer_key_masks

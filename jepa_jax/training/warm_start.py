@@ -21,7 +21,8 @@ from jepa_jax.training import checkpoint
 
 # What makes two configs' encoders (and their inputs) interchangeable.
 ENCODER_FIELDS = ("model.patch_shape", "model.width", "model.depth", "model.num_heads",
-                  "model.mlp_dim", "model.positions", "model.scan_layers", "data.frontend",
+                  "model.mlp_dim", "model.positions", "model.class_token", "model.scan_layers",
+                  "data.frontend",
                   "data.frames", "data.normalization")
 
 
