@@ -1,7 +1,9 @@
 """jepa_jax: JEPA and masked-autoencoder audio representation learning in JAX/Flax."""
 from setuptools import find_packages, setup
 
-# Versions pinned to the set that installs together on Python 3.11.
+# Versions pinned to one set that installs together on Python 3.11, 3.12 and 3.13 (README,
+# "Install": what each resolves; CI runs 3.11). The accelerator wheels go with this jaxlib:
+# pip install "jax[cuda12]==0.10.2" (NVIDIA GPU) or "jax[tpu]==0.10.2" (TPU).
 CORE = [
   "jax==0.10.2",
   "jaxlib==0.10.2",
@@ -26,13 +28,16 @@ setup(
   version="0.1.0",
   description="Self-supervised audio representation learning (Audio-JEPA, A-JEPA, "
   "Dasheng MAE, uaMix-MAE) in JAX/Flax.",
-  python_requires=">=3.11,<3.12",
+  python_requires=">=3.11,<3.14",
   packages=find_packages(include=["jepa_jax", "jepa_jax.*", "data_pipelines", "data_pipelines.*"]),
   install_requires=CORE,
   extras_require={
-    "test": ["pytest>=8", "scikit-learn>=1.4"],
+    # The torch extra too, so that CI runs the PyTorch parity tests (jepa_jax/convert).
+    "test": ["pytest>=8", "scikit-learn>=1.4", "torch==2.14.1", "torchvision==0.29.1",
+             "timm==1.0.31", "safetensors"],
     "dev": ["pytest>=8", "scikit-learn>=1.4", "ruff"],
     "notebooks": ["jupyter"],
-    "torch": ["torch==2.13.0"],
+    "plots": ["scikit-learn>=1.4"],  # t-SNE embedding maps (else PCA)
+    "torch": ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "safetensors"],
   },
 )

@@ -9,7 +9,7 @@ from absl import flags
 
 from data_pipelines import cli_flags as cli
 from jepa_jax import export
-from jepa_jax.evaluation import embeddings, features, frozen, report, suite
+from jepa_jax.evaluation import embeddings, features, frozen, report, suite, task_data
 from jepa_jax.parallel import allocator, memory
 
 
@@ -37,9 +37,10 @@ class _SettingsParser(flags.ArgumentParser):
 
 def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
   flags.DEFINE_string("workdir", None, "training workdir holding export/", flag_values=values)
-  flags.DEFINE_list("task", [], "task folders or labelled mel shard directories, "
-                    "comma-separated (none: the embedded corpus's tasks, for runs trained on "
-                    "it)", flag_values=values)
+  flags.DEFINE_list("task", [], "tasks, comma-separated: task folders (meta.csv), HEAR "
+                    "task folders (task_metadata.json), EVAR metadata .csv files or labelled "
+                    "mel shard directories (none: the embedded corpus's tasks, for runs "
+                    "trained on it)", flag_values=values)
   flags.DEFINE_enum("protocol", "linear", suite.PROTOCOLS + ("all",), "what to run",
                     flag_values=values)
   flags.DEFINE_list("baselines", ["random_init"], "feature sets besides the trained encoder: "
@@ -52,9 +53,14 @@ def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
   flags.DEFINE_enum("freq_pool", "concat", features.FREQ_POOLS, "concatenate (EVAR) or "
                     "average the frequency tokens of a time step", flag_values=values)
   flags.DEFINE_float("unit_sec", None, "clip length in seconds (default: the task's "
-                     "task.json, else whole)", flag_values=values)
+                     "task.json, a HEAR task's sample_duration, else whole)",
+                     flag_values=values)
+  flags.DEFINE_string("audio_root", None, "the folder an EVAR .csv task's file_name paths "
+                      "are relative to (default: the CSV's folder)", flag_values=values)
   flags.DEFINE(_SettingsParser(), "finetune", "", "fine-tuning settings over the export's "
                "config.finetune, e.g. epochs=40,base_lr=5e-3,rm_rate=0", flag_values=values)
+  flags.DEFINE_bool("plots", False, "also draw each task's embedding map (trained beside "
+                    "the baselines) and a nearest-neighbour sheet to eval/", flag_values=values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,11 +69,13 @@ def main(argv: list[str] | None = None) -> None:
   protocols = frozen.FROZEN if args.protocol == "all" else (args.protocol,)
   baselines = tuple(b for b in args.baselines if b)
   try:
-    sources = [t for t in args.task if t] or suite.default_tasks(args.workdir)
+    sources = (task_data.sources([t for t in args.task if t], args.audio_root)
+               or suite.default_tasks(args.workdir))
     results = suite.evaluate(args.workdir, sources, protocols, ("trained", *baselines),
                              args.freq_pool, args.unit_sec, chart=args.protocol == "all",
                              finetune_settings=args.finetune,
-                             fewshot_classes_spec=args.fewshot_classes)
+                             fewshot_classes_spec=args.fewshot_classes,
+                             draw_plots=args.plots)
   except (FileNotFoundError, ValueError, memory.OutOfMemoryError,
           export.CorruptExportError) as err:
     cli.fail(str(err))

@@ -14,6 +14,8 @@ same encoder at initialisation and of a mean-log-mel baseline (task means; per-t
 values, the lr each probe trained with and seed std beside them), under the protocol
 named by `probe_protocol` (config.probe.protocol: `linear_validated` by default, EVAR's
 linear evaluation with its lr chosen on the validation split; jepa_jax/evaluation/suite.py).
+Before the probe, the loss and collapse monitors over steps are drawn to
+WORKDIR/training.png.
 
 A multi-host run starts the same command on every host (jepa_jax/parallel/distributed.py says how
 the processes find each other); process 0 writes, prints and probes.
@@ -36,7 +38,7 @@ from ml_collections import config_flags
 from data_pipelines import cli_flags as cli
 from jepa_jax import objectives
 from jepa_jax.config import fields, validation
-from jepa_jax.evaluation import suite
+from jepa_jax.evaluation import plots, suite
 from jepa_jax.parallel import allocator, distributed, memory
 from jepa_jax.training import checkpoint, datasets, loop, metric_writers, run_lock
 
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(cli.INTERRUPTED)
   if primary:
     with _stopped_by_signals(workdir):
+      draw_training(workdir)
       try:
         print(json.dumps(summary(config, result, workdir, args.probe)), flush=True)
       except memory.OutOfMemoryError as err:  # the probe's embeddings; the run is saved
@@ -126,6 +129,16 @@ def main(argv: list[str] | None = None) -> None:
   # Process 0 alone probes, on its own devices; the others wait for it here rather than
   # leave the distributed runtime under it.
   distributed.barrier("probed")
+
+
+def draw_training(workdir: str) -> None:
+  """WORKDIR/training.png: the loss and collapse monitors the run logged (before the
+  probe, so that a failing probe leaves it drawn); nothing logged, nothing drawn."""
+  records = metric_writers.logged(workdir)
+  if records:
+    path = Path(workdir) / plots.TRAINING_PICTURE
+    plots.training_curves(records, path)
+    print(f"written: {path}", file=sys.stderr, flush=True)
 
 
 class _Stopped(Exception):

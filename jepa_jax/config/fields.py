@@ -130,11 +130,15 @@ def base_config(objective: str, frontend: str, frames: int) -> ml_collections.Co
       exclude_classes=""))
   c.data.synthetic = ml_collections.ConfigDict(dict(num_pretrain=3000, num_probe=1200, seed=0))
   c.model = ml_collections.ConfigDict(dict(
-      patch_shape=(16, 16), positions="sincos", dtype="float32", attention_impl="",
+      patch_shape=(16, 16), positions="sincos", dtype="float32",
+      attention_impl="auto",  # attention.IMPLEMENTATIONS; 'auto' picks per backend and length
       scan_layers=False,  # one nn.scan over the blocks (params stacked on a 'layers' axis)
       # vit.REMAT: recompute block activations in the backward pass; 'auto': only where the
       # step would not fit in the devices' memory otherwise (training/fit.py)
       remat="auto",
+      # A learned class token before the patches, in attention, dropped from the output
+      # (models/vit.Encoder): off in every recipe; imported AudioMAE / M2D encoders have it.
+      class_token=False,
       **ENCODER_SIZES["vit_b"]))
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, clip_norm=0.0,
@@ -221,6 +225,7 @@ PROBE_LR_GRID = (3e-5, 3e-4, 1e-3, 3e-3, 1e-2)
 RESUME_FREE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                "data.worker_count", "mesh", "probe", "finetune",
                "model.remat", "predictor.remat", "decoder.remat",  # memory, not values
+               "model.attention_impl",  # how attention is computed (float rounding), not what
                # memory: the same global batch, schedule and data, split for another device
                # count (per-micro-batch statistics aside, see base_config)
                "train.micro_batches",

@@ -128,16 +128,23 @@ def _model_errors(config: ml_collections.ConfigDict, grid: tuple[int, int] | Non
   _check(e, m.dtype in models.DTYPES,
          f"model.dtype {m.dtype!r} unknown; known: {sorted(models.DTYPES)}")
   _check(e, m.attention_impl in attention.IMPLEMENTATIONS,
-         f"model.attention_impl must be one of {attention.IMPLEMENTATIONS} ('': dense on "
-         f"CPU, jax's choice elsewhere), got {m.attention_impl!r}")
+         f"model.attention_impl must be one of {attention.IMPLEMENTATIONS} ('auto' or '': "
+         f"picked per backend and sequence length), got {m.attention_impl!r}")
   if m.attention_impl == "cudnn":  # cuDNN flash attention: GPU and bf16 / fp16 only
     backend = jax.default_backend()
     _check(e, backend == "gpu", f"model.attention_impl 'cudnn' needs a GPU, but jax's backend "
-           f"is {backend!r}; use '', 'dense' or 'xla'")
+           f"is {backend!r}; use 'auto', 'dense', 'blockwise' or 'xla'")
     _check(e, m.dtype == "bfloat16", f"model.attention_impl 'cudnn' needs "
-           f"model.dtype 'bfloat16', got {m.dtype!r}; or use '', 'dense' or 'xla'")
+           f"model.dtype 'bfloat16', got {m.dtype!r}; or use 'auto', 'dense', 'blockwise' or "
+           f"'xla'")
+  if m.attention_impl == "splash":  # a Pallas TPU kernel (elsewhere only interpreted, slowly)
+    backend = jax.default_backend()
+    _check(e, backend == "tpu", f"model.attention_impl 'splash' needs a TPU, but jax's "
+           f"backend is {backend!r}; use 'auto', 'blockwise' or 'dense'")
   _check(e, m.positions in vit.POSITIONS,
          f"model.positions must be one of {vit.POSITIONS}, got {m.positions!r}")
+  _check(e, isinstance(m.class_token, bool),
+         f"model.class_token must be True or False, got {m.class_token!r}")
   return e
 
 

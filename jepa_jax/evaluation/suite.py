@@ -2,6 +2,7 @@
 
     python -m jepa_jax.evaluate --workdir=RUN --task=DIR[,DIR...] --protocol=P
         [--baselines=random_init,mean_logmel] [--freq_pool=concat|mean] [--unit_sec=S]
+        [--audio_root=DIR] [--plots]
 
 P is one of (docs/evaluation.md):
   linear    EVAR's linear evaluation: standardised features, one linear layer, Adam at
@@ -25,11 +26,17 @@ P is one of (docs/evaluation.md):
 Each runs on the trained encoder and on the baselines asked for (the encoder at its
 random initialisation by default; `mean_logmel`: the clip's log-mel averaged over time;
 a path with a '/': another run's exported encoder, e.g. the one this run started from).
-Tasks: task folders (audio + meta.csv) or labelled mel shards (task_data); folds give
-leave-one-fold-out runs averaged per seed. Multi-label tasks report mAP and d-prime.
+Tasks (task_data): task folders (audio + meta.csv), HEAR 2021 scene task folders
+(task_metadata.json), EVAR metadata CSVs (--task=FILE.csv, --audio_root=DIR,
+--unit_sec=S) or labelled mel shards; folds give leave-one-fold-out runs averaged per
+seed. Multi-label tasks report mAP and d-prime; a HEAR task reports the scores its
+`evaluation` list names (top1_acc and pitch_acc as accuracy, mAP, d_prime), with each
+name's score in the result's `metrics`.
 
 Results accumulate in RUN/eval/results.json (task -> protocol -> feature set) and are
-rendered to RUN/eval/results.md; `all` also draws RUN/eval/results.png. The last line
+rendered to RUN/eval/results.md; `all` also draws RUN/eval/results.png; --plots draws
+each task's embedding map and nearest-neighbour sheet (jepa_jax/evaluation/plots.py)
+to RUN/eval/<task>_embedding_map.png and <task>_neighbours.png. The last line
 printed is the JSON of this call's results."""
 import sys
 from pathlib import Path
@@ -38,7 +45,7 @@ import numpy as np
 
 from data_pipelines import default_corpus
 from jepa_jax import export
-from jepa_jax.evaluation import embeddings, finetune, frozen, report, scores, task_data
+from jepa_jax.evaluation import embeddings, finetune, frozen, plots, report, scores, task_data
 
 PROTOCOLS = frozen.FROZEN + ("finetune",)
 
@@ -60,18 +67,22 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -
               f"{p['epoch']} loss {p['loss']:.4f} valid {valid}", file=sys.stderr)
 
       results.setdefault(task.name, {}).setdefault("finetune", {})[fs.name] = (
-          finetune.finetune_task(fs.encoder, fs.params, frontend_meta, task, mels,
-                                 settings, progress=progress, pads=pads))
+          task_data.reported(finetune.finetune_task(fs.encoder, fs.params, frontend_meta,
+                                                    task, mels, settings,
+                                                    progress=progress, pads=pads), task))
   return results
 
 
 def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
              feature_sets: tuple[str, ...] = ("trained", "random_init"),
              freq_pool: str = "concat", unit_sec: float | None = None, chart: bool = False,
-             finetune_settings: dict | None = None, fewshot_classes_spec: str = "") -> dict:
+             finetune_settings: dict | None = None, fewshot_classes_spec: str = "",
+             draw_plots: bool = False) -> dict:
   """Run `protocols` on every task for every feature set; write and return the results
   (task -> protocol -> feature set -> {'scores': ...}). `finetune_settings` override the
-  export's config.finetune fields; `fewshot_classes_spec` as --fewshot_classes."""
+  export's config.finetune fields; `fewshot_classes_spec` as --fewshot_classes;
+  `draw_plots`: each task's embedding map and nearest-neighbour sheet (`plots`), drawn from
+  the embeddings the protocols use."""
   unknown = sorted(set(protocols) - set(PROTOCOLS))
   if unknown:
     raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; known: "
@@ -82,10 +93,13 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
   if "fewshot" in frozen_protocols:  # bad class names fail here, before any audio is encoded
     chosen = frozen.fewshot_classes(fewshot_classes_spec, config,
                                     [task_data.read(s, unit_sec) for s in sources])
-  if frozen_protocols:
-    for task, x in embeddings.embed_tasks(workdir, sources, sets, frontend_meta,
-                                          freq_pool=freq_pool, unit_sec=unit_sec,
-                                          chunk_batch=config.probe.chunk_batch):
+  if frozen_protocols or draw_plots:
+    embedded = embeddings.embed_tasks(workdir, sources, sets, frontend_meta,
+                                      freq_pool=freq_pool, unit_sec=unit_sec,
+                                      chunk_batch=config.probe.chunk_batch)
+    for source, (task, x) in zip(sources, embedded):
+      if draw_plots:
+        _draw(workdir, source, task, x, frontend_meta, unit_sec)
       for protocol in frozen_protocols:
         if protocol == "fewshot":
           if task.multilabel or (chosen and task.name not in chosen):
@@ -97,7 +111,8 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
               x, task, chosen.get(task.name))
           continue
         results.setdefault(task.name, {})[protocol] = {
-            name: frozen.RUNNERS[protocol](features, task, config.probe)
+            name: task_data.reported(frozen.RUNNERS[protocol](features, task, config.probe),
+                                     task)
             for name, features in x.items()}
   if "finetune" in protocols:
     for task, by_protocol in _finetune(sources, sets, frontend_meta, config, unit_sec,
@@ -105,6 +120,14 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
       results.setdefault(task, {}).update(by_protocol)
   report.write_results(workdir, results, chart)
   return results
+
+
+def _draw(workdir, source, task, x: dict, frontend_meta: dict, unit_sec) -> None:
+  """The task's pictures from its embeddings `x`; the log-mels of the sheet are read again
+  (the embeddings may have come from the cache)."""
+  _, mels = task_data.load_mels(source, frontend_meta, unit_sec)
+  paths = plots.task_pictures(workdir, task, x, mels, report.RESULTS_DIR)
+  print(f"written: {', '.join(map(str, paths))}", file=sys.stderr)
 
 
 def _fewshot_sets(x: dict, task, classes: tuple[str, ...] | None) -> dict:
@@ -160,7 +183,7 @@ def default_tasks(workdir: str | Path) -> list[Path]:
   config = export.load_config(embeddings.export_dir(workdir))
   if config.data.dir:
     raise ValueError("the run trained on prepared data, which has no probe tasks: give "
-                     "--task (a folder of audio with meta.csv, or labelled mel shards)")
+                     f"--task ({task_data.KINDS})")
   s = config.data.synthetic
   corpus = default_corpus.ensure_default_corpus(
       num_pretrain=s.num_pretrain, num_probe=s.num_probe, seed=s.seed,

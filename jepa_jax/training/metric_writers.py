@@ -19,9 +19,8 @@ class MetricWriter:
     if not self.enabled:
       return
     if self.path.exists():  # a resumed run recomputes every step after its checkpoint
-      keep = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in keep))
+      keep = [r for r in records(self.path) if r.get("step", math.inf) <= resume_step]
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
     self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
@@ -38,14 +37,32 @@ class MetricWriter:
       self.tb.close()
 
 
-def last_logged(workdir: str | Path) -> dict:
-  """The last record of a workdir's metrics.jsonl ({"step": ..., "loss": ..., ...}), or {}
-  where nothing was logged: what a run resumed with no step left to run last logged."""
+def records(path: Path) -> list[dict]:
+  """The records of a metrics.jsonl, in order, less any line that is not one whole JSON
+  record (a write cut short by a kill: the run resumes from its checkpoint anyway)."""
+  out = []
+  for line in path.read_text(errors="replace").splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict):
+      out.append(record)
+  return out
+
+
+def logged(workdir: str | Path) -> list[dict]:
+  """Every record of a workdir's metrics.jsonl ({"step": ..., "loss": ..., ...}), in
+  order; [] where nothing was logged."""
   path = Path(workdir) / "metrics.jsonl"
-  if not path.exists():
-    return {}
-  lines = [line for line in path.read_text().splitlines() if line.strip()]
-  return json.loads(lines[-1]) if lines else {}
+  return records(path) if path.exists() else []
+
+
+def last_logged(workdir: str | Path) -> dict:
+  """The last record of a workdir's metrics.jsonl, or {} where nothing was logged: what a
+  run resumed with no step left to run last logged."""
+  records = logged(workdir)
+  return records[-1] if records else {}
 
 
 DAY_S = 86_400
