@@ -16,13 +16,12 @@ import hashlib
 import json
 import multiprocessing
 import os
-import secrets
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from data_pipelines import audio_io, shards, synthetic, tasks
+from data_pipelines import atomic_build, audio_io, shards, synthetic, tasks
 from data_pipelines.frontends import FrontEnd, get_frontend
 
 # Bump when the folder layout or the splits change: cached corpora are keyed by it.
@@ -185,18 +184,9 @@ def ensure_default_corpus(cache_dir: str | Path | None = None, *, num_pretrain: 
   print(f"jepa_jax: building the default corpus ({num_pretrain} pretraining + {num_probe} "
         f"probe clips, {workers} worker(s)) in {root} ...", file=sys.stderr, flush=True)
   started = time.perf_counter()
-  tmp = cache_dir / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-  try:
-    _build(tmp, seed, num_pretrain, num_probe, frontend_spec, workers)
-    try:
-      tmp.rename(root)
-    except OSError:
-      if not root.exists():
-        raise
-      shutil.rmtree(tmp)  # another process finished the same corpus first
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  atomic_build.build_atomically(
+      root, lambda tmp: _build(tmp, seed, num_pretrain, num_probe, frontend_spec, workers),
+      Path.exists)
   print(f"jepa_jax: default corpus ready in {time.perf_counter() - started:.0f} s "
         f"({_disk_bytes(root) / 2**20:.0f} MiB): {root}", file=sys.stderr, flush=True)
   return corpus

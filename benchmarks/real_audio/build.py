@@ -25,9 +25,6 @@ import concurrent.futures
 import hashlib
 import json
 import multiprocessing
-import os
-import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from absl import flags  # noqa: E402
 
 from benchmarks.real_audio import corpus, music_tasks, sources, speech_tasks, task_clips  # noqa: E402
-from data_pipelines import cli_flags  # noqa: E402
+from data_pipelines import atomic_build, cli_flags  # noqa: E402
 from data_pipelines.default_corpus import default_cache_dir  # noqa: E402
 
 # Bump when what is built changes (sources, clip plans, layout): cached copies are keyed by it.
@@ -127,18 +124,9 @@ def ensure_benchmark(cache_dir: Path | None = None, workers: int = 2, seed: int 
                        f"run again")
   print(f"building the real-audio benchmark in {root} ({workers} worker(s)) ...",
         file=sys.stderr, flush=True)
-  tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-  try:
-    manifest = build(tmp, versions, seed, workers)
-    try:
-      tmp.rename(root)
-    except OSError:
-      if not (root / "manifest.json").is_file():
-        raise
-      shutil.rmtree(tmp)  # another process finished the same build first
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  manifest = atomic_build.build_atomically(
+      root, lambda tmp: build(tmp, versions, seed, workers),
+      lambda folder: (folder / "manifest.json").is_file())
   print(f"built in {manifest['build_seconds']:.0f} s: corpus {manifest['corpus']['minutes']} "
         f"min, {len(manifest['tasks'])} tasks", file=sys.stderr, flush=True)
   return root
