@@ -4,6 +4,14 @@
   encoder/        the encoder parameters (orbax),
   checksums.json  their content checksums (jepa_jax/checksums.py; exports before it lack it),
   frontend.json   the front end and normalisation that make its input from audio.
+
+and, optionally (written by `convert import` from a checkpoint with an MAE decoder; a run's
+own decoder stays in its checkpoints):
+
+  decoder/                the MAE decoder's parameters (orbax), unscanned, shaped as the
+                          config's decoder section builds it,
+  decoder_checksums.json  their checksums.
+Exports without them load as before; `load_decoder` reads them for init_from.
 """
 import contextlib
 import gc
@@ -23,6 +31,7 @@ from jepa_jax.config import shapes, upgrade
 from jepa_jax.parallel import distributed
 
 CHECKSUMS = "checksums.json"
+DECODER, DECODER_CHECKSUMS = "decoder", "decoder_checksums.json"
 
 
 class CorruptExportError(RuntimeError):
@@ -73,11 +82,12 @@ def drop_closed_loop_callbacks() -> None:
 
 
 def export_encoder(export_dir: Path, config: ml_collections.ConfigDict, encoder_params,
-                   frontend_meta: dict) -> Path:
+                   frontend_meta: dict, decoder_params=None) -> Path:
   """Write atomically: a half-written export never replaces a good one.
 
   Every process calls it: each saves the parameter shards it holds (sharded or not fully
-  addressable arrays need no gathering), process 0 writes the rest and renames the folder."""
+  addressable arrays need no gathering), process 0 writes the rest and renames the folder.
+  `decoder_params` (an imported MAE decoder) go to the optional decoder/."""
   export_dir = Path(export_dir).absolute()
   tmp = export_dir.with_name(export_dir.name + ".tmp")
   primary = distributed.is_primary()
@@ -90,8 +100,14 @@ def export_encoder(export_dir: Path, config: ml_collections.ConfigDict, encoder_
   checkpointer.save(tmp / "encoder", encoder_params)
   checkpointer.wait_until_finished()
   sums = checksums.of_tree(encoder_params)  # every process: a computation over all shards
+  if decoder_params is not None:
+    checkpointer.save(tmp / DECODER, decoder_params)
+    checkpointer.wait_until_finished()
+    decoder_sums = checksums.of_tree(decoder_params)
   if primary:
     (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
+    if decoder_params is not None:
+      (tmp / DECODER_CHECKSUMS).write_text(json.dumps(decoder_sums, indent=2))
     (tmp / "config.json").write_text(config.to_json(indent=2))
     (tmp / "frontend.json").write_text(json.dumps(frontend_meta, indent=2))
     if export_dir.exists():
@@ -116,6 +132,25 @@ def load_encoder(export_dir: Path):
   config = load_config(export_dir)
   encoder = models.build_encoder(config, shapes.grid(config))
   abstract = jax.eval_shape(lambda: nn.unbox(models.init_encoder(encoder, jax.random.key(0))))
+  params = _restore_checked(export_dir / "encoder", export_dir / CHECKSUMS, abstract)
+  frontend_meta = json.loads((export_dir / "frontend.json").read_text())
+  return config, encoder, params, frontend_meta
+
+
+def has_decoder(export_dir: Path) -> bool:
+  return (Path(export_dir) / DECODER).is_dir()
+
+
+def load_decoder(export_dir: Path, abstract):
+  """The export's decoder/ parameters, restored as `abstract` (the unscanned decoder
+  tree of the export's config); CorruptExportError when unreadable or changed."""
+  export_dir = Path(export_dir).absolute()
+  return _restore_checked(export_dir / DECODER, export_dir / DECODER_CHECKSUMS, abstract)
+
+
+def _restore_checked(path: Path, sums: Path, abstract):
+  """Parameters at `path` shaped as `abstract`, checked against the checksums in `sums`
+  (when the export has them)."""
   # Restore onto this process's first device, whatever mesh the export was written from,
   # by this process alone: no barrier waits for the others of a multi-process run.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -125,19 +160,16 @@ def load_encoder(export_dir: Path):
                                              active_processes={jax.process_index()})
   try:
     with unlogged_io_errors():
-      params = ocp.StandardCheckpointer(multiprocessing_options=alone).restore(
-          export_dir / "encoder", abstract)
+      params = ocp.StandardCheckpointer(multiprocessing_options=alone).restore(path, abstract)
   except Exception as err:  # noqa: BLE001 - TensorStore's errors carry no common type
     raise CorruptExportError(
-        f"the encoder parameters in {export_dir / 'encoder'} cannot be read ("
+        f"the {path.name} parameters in {path} cannot be read ("
         f"{error_line(err)}); export again from the run's checkpoints or "
         f"restore the folder from a copy") from err
-  sums = export_dir / CHECKSUMS
   wrong = checksums.mismatches(params, json.loads(sums.read_text())) if sums.exists() else []
   if wrong:
     raise CorruptExportError(
-        f"{len(wrong)} array(s) of {export_dir / 'encoder'} differ from {sums} (e.g. "
+        f"{len(wrong)} array(s) of {path} differ from {sums} (e.g. "
         f"{', '.join(wrong[:3])}): the files changed after they were written; export again "
         f"or restore the folder from a copy")
-  frontend_meta = json.loads((export_dir / "frontend.json").read_text())
-  return config, encoder, params, frontend_meta
+  return params

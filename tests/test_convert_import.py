@@ -39,6 +39,7 @@ from jepa_jax.models import patches
 
 torch = pytest.importorskip("torch", reason="the 'torch' extra is not installed")
 timm = pytest.importorskip("timm", reason="the 'torch' extra (timm) is not installed")
+audiomae_reference = pytest.importorskip("tests.audiomae_reference")
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # of the reference output's largest magnitude
@@ -417,44 +418,77 @@ def test_dasheng_frontend_transform_is_the_batch_norm_after_the_recipe():
 
 @pytest.mark.slow
 def test_audiomae_pretraining_continues_from_an_imported_checkpoint(tmp_path, capsys):
-  """--config.init_from=<imported workdir> on the AudioMAE recipe: the first step runs at
-  learning rate 0 (warmup from 0), so the step-1 checkpoint's encoder is the import bit
-  for bit; step 2 trains the blocks and the class token while the imported AudioMAE
-  position table stays fixed (as AudioMAE keeps it)."""
-  from jepa_jax.training import checkpoint, loop
+  """--config.init_from=<imported workdir> on the AudioMAE recipe, from a checkpoint of
+  tests/audiomae_reference.py (our transcription of AudioMAE's models_mae.py on timm
+  modules, encoder and decoder_mode=1 decoder; see there): the first step runs at learning
+  rate 0 (warmup from 0), so the step-1 checkpoint's encoder AND decoder are the import
+  bit for bit, and the first step's loss is the reference model's on the same batch with
+  the same masks (those the step drew, handed to the reference as its ids_shuffle) within
+  1e-4; step 2 trains the blocks and the class token while the imported AudioMAE position
+  tables stay fixed (as AudioMAE keeps them)."""
+  from jepa_jax import objectives
+  from jepa_jax.objectives import initial
+  from jepa_jax.training import checkpoint, datasets, loop
 
-  _, ckpt = _audiomae_checkpoint(frames=64, embed_dim=32, num_heads=2)
-  torch.save(ckpt, tmp_path / "audiomae.pth")
+  reference = audiomae_reference.AudioMAEReference(
+      frames=128, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=2,
+      decoder_num_heads=2, decoder_mlp_ratio=2.0).perturbed()
+  torch.save({"model": reference.audiomae_state_dict()}, tmp_path / "audiomae.pth")
   convert_main(["import", "--format=audiomae", f"--checkpoint={tmp_path / 'audiomae.pth'}",
                 f"--workdir={tmp_path / 'imported'}", "--num_heads=2"])
+  assert "imported the MAE decoder" in capsys.readouterr().err
   _, _, imported, _ = export.load_encoder(tmp_path / "imported" / "export")
+  imported_decoder = importer.convert_checkpoint(
+      "audiomae", tmp_path / "audiomae.pth", timm_vit.Options(num_heads=2)).decoder
 
   c = fields.load(str(ROOT / "configs/audiomae.py:demo"))
   c.init_from = str(tmp_path / "imported")
-  c.data.frames = 64  # 8 x 4 patches; the decoder's 4 x 4 windows still fit
+  c.data.frames = 128  # 8 x 8 patches: two 4 x 4 windows along time, so the odd block shifts
   c.data.synthetic.update(num_pretrain=48, num_probe=36)
   c.model.update(width=32, depth=2, num_heads=2, mlp_dim=128, class_token=True,
                  positions="fixed_table")
-  c.decoder.update(width=16, depth=2, num_heads=2, mlp_dim=32)
+  c.decoder.update(width=16, depth=2, num_heads=2, mlp_dim=32, positions="fixed_table")
   c.train.update(batch_size=8, epochs=16 / 48, log_every=1, checkpoint_every=1,
                  keep_checkpoints=2, micro_batches=1)
   c.optim.warmup_epochs = 8 / 48  # one warmup step: the first update has lr 0
   c.probe.update(max_epochs=2, patience=1, chunk_batch=16)
   result = loop.train(c, tmp_path / "run")
   assert result.step == 2 and np.isfinite(result.last_metrics["loss"])
-  assert f"started from the parameters of {c.init_from}" in capsys.readouterr().out
+  out = capsys.readouterr()
+  assert f"started from the parameters of {c.init_from}" in out.out
+  assert "decoder" not in out.err  # used, so nothing to say
 
-  def encoder_at(step):
+  def params_at(step):
     alone = tmp_path / f"step{step}"
     alone.mkdir()
     (alone / str(step)).symlink_to(tmp_path / "run" / "checkpoints" / str(step))
-    return checkpoint.latest_entry(alone)["encoder"]
+    return checkpoint.latest_entry(alone)
 
   flat = jax.tree_util.tree_leaves_with_path
-  first, second = encoder_at(1), encoder_at(2)
-  for (path, a), (_, b) in zip(flat(first), flat(imported)):
-    assert np.array_equal(a, np.asarray(b)), jax.tree_util.keystr(path)
-  assert np.array_equal(second["positions"]["table"], np.asarray(imported["positions"]["table"]))
-  assert not np.array_equal(second["cls_token"], np.asarray(imported["cls_token"]))
-  assert not np.array_equal(second["transformer"]["block_0"]["mlp"]["fc1"]["kernel"],
+  first, second = params_at(1), params_at(2)
+  for name, want in (("encoder", imported), ("decoder", imported_decoder)):
+    assert [p for p, _ in flat(first[name])] == [p for p, _ in flat(want)]
+    for (path, a), (_, b) in zip(flat(first[name]), flat(want)):
+      assert np.array_equal(a, np.asarray(b)), name + jax.tree_util.keystr(path)
+  assert np.array_equal(second["encoder"]["positions"]["table"],
+                        np.asarray(imported["positions"]["table"]))
+  assert np.array_equal(second["decoder"]["positions"]["table"],
+                        np.asarray(imported_decoder["positions"]["table"]))
+  assert not np.array_equal(second["encoder"]["cls_token"], np.asarray(imported["cls_token"]))
+  assert not np.array_equal(second["encoder"]["transformer"]["block_0"]["mlp"]["fc1"]["kernel"],
                             np.asarray(imported["transformer"]["block_0"]["mlp"]["fc1"]["kernel"]))
+
+  # The first step's batch and masks: the loop's first global batch, and the masks its
+  # objective draws from fold_in(step key, 0).
+  first_loss = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+  assert first_loss["step"] == 1
+  mel = next(iter(datasets.train_dataset(c, datasets.resolve(c), 0)))["mel"]
+  objective = objectives.build(c)
+  masks = objective.sample_masks(jax.random.fold_in(initial.rngs(c)[1], 0), mel.shape[0], 0)
+  ids, keep = audiomae_reference.ids_shuffle_of(masks, objective.grid)
+  with torch.no_grad():
+    reference_loss = float(reference(audiomae_reference.reference_input(mel), ids, keep)[0])
+  diff = abs(first_loss["loss"] - reference_loss)
+  print(f"continued AudioMAE pretraining, first loss: ours {first_loss['loss']:.7f}, "
+        f"reference {reference_loss:.7f}, |difference| {diff:.3g}")
+  assert diff <= 1e-4

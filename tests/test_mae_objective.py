@@ -41,7 +41,7 @@ def test_mae_loss_is_norm_pix_mse_on_masked_tokens():
                                       jnp.ones(ti.shape, bool)))
   assert pred.shape == (4, 16, 256)
   target = take(tokens, ti).astype(np.float64)
-  target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, keepdims=True)
+  target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, ddof=1, keepdims=True)
                                                                + 1e-6)
   np.testing.assert_allclose(loss, np.mean((pred - target) ** 2), rtol=1e-5)
 
@@ -107,7 +107,7 @@ def test_dasheng_input_batch_norm_feeds_the_encoder_and_the_target_is_taken_befo
   latent = obj.encoder.apply({"params": params["encoder"]}, take(tokens, ci), ci, cv)
   pred = np.asarray(obj.decoder.apply({"params": params["decoder"]}, latent, ci, cv, ti, tv))
   target = np.asarray(take(patches.patchify(jnp.asarray(mel), (16, 16)), ti), np.float64)
-  target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, keepdims=True)
+  target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, ddof=1, keepdims=True)
                                                                + 1e-6)
   per_token = ((pred - target) ** 2).mean(-1)
   valid = np.asarray(tv)

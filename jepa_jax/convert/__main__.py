@@ -3,8 +3,9 @@
   import --format=FORMAT --checkpoint=FILE --workdir=DIR
       FORMAT: timm_vit, audiomae, m2d, dasheng. Reads FILE (torch.save with
       weights_only=True, or safetensors: tensors only, never code) and writes DIR/export,
-      the folder every run writes (config.json, encoder/, checksums.json, frontend.json):
-      evaluate, embed, hear and --config.init_from=DIR read it unchanged.
+      the folder every run writes (config.json, encoder/, checksums.json, frontend.json;
+      with AudioMAE's decoder also decoder/ and decoder_checksums.json): evaluate, embed,
+      hear and --config.init_from=DIR read it unchanged.
   export --workdir=DIR --output=FILE.pt [--format=timm_vit]
       DIR's encoder as a PyTorch state dict (jepa_jax/convert/export_torch.py).
 """

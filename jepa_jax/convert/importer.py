@@ -5,7 +5,10 @@ The export's config is a recipe's (RECIPES: the method the checkpoint comes from
 encoder's shape, positions, class token, front end and length set from the checkpoint;
 frontend.json carries the checkpoint's normalisation (M2D's norm_stats, Dasheng's folded
 BatchNorm). The parameters are checked against the encoder the config builds before
-anything is written.
+anything is written. An MAE decoder the format maps (AudioMAE's decoder_mode=1) goes into
+the export's optional decoder/ with its shape in the config's decoder section, checked
+against the decoder the recipe's objective builds, so that --config.init_from continues
+pretraining with it (training/warm_start.py).
 """
 import dataclasses
 import json
@@ -17,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from data_pipelines import frontends
-from jepa_jax import export, models
+from jepa_jax import export, models, objectives
 from jepa_jax.config import fields, shapes, upgrade, validation
 from jepa_jax.convert import audiomae, dasheng, m2d, safe_load, timm_vit
 from jepa_jax.models import vit
@@ -51,10 +54,26 @@ def recipe_config(format_name: str, recipe: str | None) -> ml_collections.Config
   return fields.load(spec)
 
 
+@dataclasses.dataclass
+class Converted:
+  config: ml_collections.ConfigDict
+  encoder: dict          # in the config's encoder layout
+  decoder: dict | None   # the MAE decoder in the config's decoder layout, where mapped
+  frontend_meta: dict
+  notes: list[str]
+
+
 def convert(format_name: str, checkpoint: str | Path, options: timm_vit.Options,
             recipe: str | None = None) -> tuple[ml_collections.ConfigDict, dict, dict, list[str]]:
   """(config, encoder params in the config's layout, frontend metadata, notes) of a
   checkpoint; raises CheckpointError / ValueError with one line naming what is wrong."""
+  c = convert_checkpoint(format_name, checkpoint, options, recipe)
+  return c.config, c.encoder, c.frontend_meta, c.notes
+
+
+def convert_checkpoint(format_name: str, checkpoint: str | Path, options: timm_vit.Options,
+                       recipe: str | None = None) -> Converted:
+  """`convert`, with the decoder where the format maps one."""
   if format_name not in FORMATS:
     raise ValueError(f"unknown --format {format_name!r}; known: {', '.join(FORMATS)}")
   state = safe_load.load(checkpoint)
@@ -73,6 +92,7 @@ def convert(format_name: str, checkpoint: str | Path, options: timm_vit.Options,
         if guess and guess != format_name else ""
     raise safe_load.CheckpointError(f"{checkpoint}: {err}{hint}") from None
   notes = changes.pop("notes")
+  decoder = changes.pop("decoder_params", None)
   if exported is None:
     config, meta = recipe_config_and_meta(format_name, recipe, changes)
   else:
@@ -82,7 +102,13 @@ def convert(format_name: str, checkpoint: str | Path, options: timm_vit.Options,
     validation.validate(config)
     notes.append("the file was written by jepa_jax.convert export: its config, front end "
                  "and normalisation are used")
-  return config, layout_for(config, params), meta, notes
+  encoder = layout_for(config, params)
+  if decoder is not None:
+    decoder = decoder_layout_for(config, decoder)
+    if decoder is None:
+      notes.append(f"not imported: the MAE decoder (the recipe's objective "
+                   f"{config.objective!r} has none)")
+  return Converted(config, encoder, decoder, meta, notes)
 
 
 def recipe_config_and_meta(format_name: str, recipe: str | None, changes: dict
@@ -94,7 +120,14 @@ def recipe_config_and_meta(format_name: str, recipe: str | None, changes: dict
   config = recipe_config(format_name, recipe)
   for name, value in changes.items():
     section, key = name.split(".")
-    config[section][key] = value
+    if section not in config:  # a decoder for a recipe without one: decoder_layout_for says
+      continue
+    if isinstance(value, dict):  # a nested section (decoder.window)
+      config[section][key].update(value)
+    else:
+      config[section][key] = value
+  if any(name.startswith("decoder.") for name in changes) and "decoder" in config:
+    config.decoder.scan_layers = False  # the decoder is stored unscanned (warm_start stacks it)
   # The recipe's own shape fields follow the imported width (a recipe's scanned sizes).
   config.model.scan_layers = any(
       all(config.model[k] == v for k, v in size.items())
@@ -135,6 +168,20 @@ def layout_for(config: ml_collections.ConfigDict, params: dict) -> dict:
   abstract = jax.eval_shape(lambda: nn.unbox(models.init_encoder(encoder, jax.random.key(0))))
   if config.model.scan_layers:
     params = vit.stack_layers(params)
+  return _checked(abstract, params, "encoder")
+
+
+def decoder_layout_for(config: ml_collections.ConfigDict, params: dict) -> dict | None:
+  """The decoder `params` as jnp float32, checked leaf by leaf against the decoder the
+  config's objective builds; None when that objective has no decoder."""
+  objective = objectives.build(config)
+  abstract = jax.eval_shape(lambda: nn.unbox(objective.init(jax.random.key(0))))
+  if "decoder" not in abstract:
+    return None
+  return _checked(abstract["decoder"], params, "decoder")
+
+
+def _checked(abstract, params: dict, what: str) -> dict:
   want = {jax.tree_util.keystr(p): x.shape for p, x in
           jax.tree_util.tree_leaves_with_path(abstract)}
   have = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
@@ -142,7 +189,7 @@ def layout_for(config: ml_collections.ConfigDict, params: dict) -> dict:
   wrong = sorted(set(want) ^ set(have)) + sorted(k for k in set(want) & set(have)
                                                   if want[k] != have[k])
   if wrong:
-    raise ValueError(f"the converted parameters do not fit the encoder the config builds: "
+    raise ValueError(f"the converted parameters do not fit the {what} the config builds: "
                      f"{', '.join(wrong[:5])}")
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
@@ -150,8 +197,9 @@ def layout_for(config: ml_collections.ConfigDict, params: dict) -> dict:
 def import_checkpoint(format_name: str, checkpoint: str | Path, workdir: str | Path,
                       options: timm_vit.Options | None = None,
                       recipe: str | None = None) -> tuple[Path, list[str]]:
-  """Write <workdir>/export from a checkpoint; (the export folder, notes)."""
-  config, params, meta, notes = convert(format_name, checkpoint,
-                                        options or timm_vit.Options(), recipe)
-  out = export.export_encoder(Path(workdir) / "export", config, params, meta)
-  return out, notes
+  """Write <workdir>/export from a checkpoint (with decoder/ where the checkpoint's MAE
+  decoder maps); (the export folder, notes)."""
+  c = convert_checkpoint(format_name, checkpoint, options or timm_vit.Options(), recipe)
+  out = export.export_encoder(Path(workdir) / "export", c.config, c.encoder, c.frontend_meta,
+                              decoder_params=c.decoder)
+  return out, c.notes

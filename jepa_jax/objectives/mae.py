@@ -4,8 +4,14 @@ The encoder sees the visible (context) tokens only; the decoder puts them back o
 full token grid with a mask token at every other position and predicts each masked
 token's values; the loss is the MSE on masked tokens against the per-patch standardised
 input ("norm-pix", eps 1e-6), averaged over each sample's masked tokens, then the batch.
+The standardisation divides by the unbiased (n - 1) variance of the patch's values, as
+torch's `var` does in AudioMAE's `forward_loss` and Dasheng's `MAELoss` (the biased one
+scaled every target by sqrt(n / (n - 1)): on AudioMAE's 256-value patches a loss 3.9e-3
+off the reference's 1.31, tests/test_convert_import_decoder.py).
 Masks come from masks.py: context = visible tokens, targets = masked tokens (unstructured
-at 0.8 for AudioMAE, grouped pairs at 0.75 for Dasheng, or any other strategy).
+at 0.8 for AudioMAE, grouped pairs at 0.75 for Dasheng, or any other strategy);
+`sample_masks` draws them and `forward` takes them, so that a reference model can be fed
+the masks a step uses (tests/test_convert_import_decoder.py).
 
 `mae.input_norm = 'batch_norm'` (Dasheng) puts a BatchNorm over mel bins in front of the
 encoder; its running statistics are the objective's aux state, and the loss target is
@@ -77,8 +83,12 @@ class MAE:
   def encoder_params(self, params: dict) -> dict:
     return params["encoder"]
 
-  def _forward(self, params, aux, batch, rng, step, train: bool):
-    """-> (prediction, norm-pix targets, new aux)."""
+  def sample_masks(self, rng: jax.Array, batch_size: int, step) -> masks.MaskSet:
+    """The masks `loss` and `monitors` use for a batch at `step` with `rng`."""
+    return masks.sample(rng, batch_size, self.grid, self.config.mask, step, self.total_steps)
+
+  def forward(self, params, aux, batch, m: masks.MaskSet, train: bool):
+    """(prediction at every target slot of `m`, its norm-pix targets, new aux)."""
     mel, new_aux = batch["mel"], {}
     if self.input_norm is not None:
       variables = {"params": params["input_norm"], "batch_stats": aux["input_norm"]}
@@ -90,21 +100,28 @@ class MAE:
         normed = self.input_norm.apply(variables, mel, train=False)
     else:
       normed = mel
-    m = masks.sample(rng, mel.shape[0], self.grid, self.config.mask, step, self.total_steps)
     p = masked_prediction.encode_and_predict(
         self.encoder, self.decoder, params["encoder"], params["decoder"],
         patches.patchify(normed, self.patch_shape), m)
     # The target is the input before the normaliser (Dasheng).
     target = patches.gather_tokens(patches.patchify(mel, self.patch_shape), p.target_idx)
-    return p, losses.standardize(target.astype(jnp.float32), self.config.mae.norm_pix_eps), \
-        new_aux
+    return p, norm_pix(target.astype(jnp.float32), self.config.mae.norm_pix_eps), new_aux
 
   def loss(self, params, aux, batch, rng, step):
-    p, target, new_aux = self._forward(params, aux, batch, rng, step, train=True)
+    m = self.sample_masks(rng, batch["mel"].shape[0], step)
+    p, target, new_aux = self.forward(params, aux, batch, m, train=True)
     loss = losses.masked_mean(losses.l2(p.pred.astype(jnp.float32), target), p.target_valid)
     return loss, ({"loss": loss}, new_aux)
 
   def monitors(self, params, aux, batch, rng, step) -> dict:
     """Collapse monitors of the encoder's embeddings of the visible tokens."""
-    p, _, _ = self._forward(params, aux, batch, rng, step, train=False)
+    m = self.sample_masks(rng, batch["mel"].shape[0], step)
+    p, _, _ = self.forward(params, aux, batch, m, train=False)
     return monitors.collapse_monitors("encoder", p.context, p.context_valid)
+
+
+def norm_pix(x: jnp.ndarray, eps: float) -> jnp.ndarray:
+  """Each patch (last axis) less its mean, over sqrt(unbiased variance + eps)."""
+  mean = x.mean(-1, keepdims=True)
+  var = x.var(-1, keepdims=True, ddof=1)
+  return (x - mean) / jnp.sqrt(var + eps)

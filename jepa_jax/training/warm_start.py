@@ -2,21 +2,29 @@
 export/ (uaMix stage 1 from an MAE run, stage 2 from stage 1).
 
 The encoder comes from the export (export.load_encoder), which every finished run writes.
-Other parameter entries this objective shares by name with the source run (uaMix stage
-1's projection head) come from the latest checkpoint of its workdir, when it has one; the
-rest (an MAE decoder) is ignored. The config must build the same encoder on the same
+An MAE decoder comes from the export's optional decoder/ (an imported AudioMAE checkpoint,
+`convert import`) when this objective has a decoder the source config's decoder section
+describes alike; one line says when it differs and the decoder starts fresh. Other
+parameter entries this objective shares by name with the source run (uaMix stage 1's
+projection head, an MAE run's decoder) come from the latest checkpoint of its workdir,
+when it has one; the rest is ignored. The config must build the same encoder on the same
 input. The optimizer state is then built afresh on the loaded parameters. A resumed run
 never reloads: its checkpoint already holds everything.
 """
+import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
 from data_pipelines import frontends
-from jepa_jax import export
+from jepa_jax import export, models, objectives
+from jepa_jax.config import shapes
 from jepa_jax.config.fields import ConfigError
+from jepa_jax.models import vit
+from jepa_jax.parallel import distributed
 from jepa_jax.training import checkpoint
 
 # What makes two configs' encoders (and their inputs) interchangeable.
@@ -24,6 +32,14 @@ ENCODER_FIELDS = ("model.patch_shape", "model.width", "model.depth", "model.num_
                   "model.mlp_dim", "model.positions", "model.class_token", "model.scan_layers",
                   "data.frontend",
                   "data.frames", "data.normalization")
+
+
+# What makes two decoders' parameters interchangeable (beside the encoder's fields, which
+# fix the token grid, the patch size and the width the decoder reads). scan_layers is not
+# one: the decoder is stored unscanned and stacked here when this run scans it.
+DECODER_FIELDS = ("decoder.layout", "decoder.attention", "decoder.window", "decoder.shift",
+                  "decoder.block", "decoder.width", "decoder.depth", "decoder.num_heads",
+                  "decoder.mlp_dim", "decoder.positions")
 
 
 def source_dirs(init_from: str | Path) -> tuple[Path, Path | None]:
@@ -41,6 +57,8 @@ def source_dirs(init_from: str | Path) -> tuple[Path, Path | None]:
 def _field(config: ml_collections.ConfigDict, name: str):
   section, key = name.split(".")
   value = config[section].get(key) if section in config else None
+  if isinstance(value, ml_collections.ConfigDict):
+    return value.to_dict()
   return list(value) if isinstance(value, (tuple, list)) else value
 
 
@@ -70,11 +88,49 @@ def load(config: ml_collections.ConfigDict) -> dict:
     raise ConfigError(f"init_from={config.init_from!r} holds an encoder this config cannot "
                       f"use:\n  " + "\n  ".join(errors))
   loaded = {"encoder": jax.tree.map(np.asarray, encoder)}
+  has_decoder = "decoder" in config and "decoder" in _abstract_params(config)
+  if has_decoder and export.has_decoder(export_dir):
+    decoder = imported_decoder(config, source_config, export_dir)
+    if decoder is not None:
+      loaded["decoder"] = decoder
   params = checkpoint.latest_entry(workdir / "checkpoints") if workdir is not None else None
   for name, tree in (params or {}).items():
     if name != "encoder":
       loaded[name] = tree
+  if has_decoder and "decoder" not in loaded and not export.has_decoder(export_dir):
+    _say(f"note: init_from={config.init_from!r} holds no decoder (an export of a run, or "
+         f"an import of a checkpoint without one): the decoder starts fresh")
   return loaded
+
+
+def imported_decoder(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict,
+                     export_dir: Path) -> dict | None:
+  """The export's decoder/ in this config's decoder layout (stacked when it scans), or
+  None, said in one line, when the source's decoder section describes another decoder."""
+  differing = [f"{name} {_field(source, name)!r} there, {_field(config, name)!r} here"
+               for name in DECODER_FIELDS if _field(source, name) != _field(config, name)]
+  if differing:
+    _say(f"note: the decoder in {export_dir} is not used ({'; '.join(differing)}): the "
+         f"decoder starts fresh")
+    return None
+  stored = ml_collections.ConfigDict(source.to_dict())
+  stored.decoder.scan_layers = False
+  decoder = export.load_decoder(export_dir, _abstract_params(stored)["decoder"])
+  if config.decoder.scan_layers:
+    period = vit.scan_period(models.windows(config.decoder, shapes.grid(config)))
+    decoder = vit.stack_layers(decoder, period)
+  return jax.tree.map(np.asarray, decoder)
+
+
+def _abstract_params(config: ml_collections.ConfigDict) -> dict:
+  """The shapes of the parameters `config`'s objective starts from."""
+  objective = objectives.build(config)
+  return jax.eval_shape(lambda: nn.unbox(objective.init(jax.random.key(0))))
+
+
+def _say(line: str) -> None:
+  if distributed.is_primary():
+    print(line, file=sys.stderr, flush=True)
 
 
 def _placed(current: jax.Array, value: np.ndarray, where: str) -> jax.Array:
