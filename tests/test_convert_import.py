@@ -289,7 +289,11 @@ def test_dasheng_package_parity(tmp_path):
   try:
     from dasheng.train.models import AudioTransformerMAE_Encoder
   except Exception as err:  # noqa: BLE001 - whatever stops the package importing
-    pytest.skip(f"dasheng cannot import beside torch {torch.__version__}: "
+    # Not in the test extra: `pip install dasheng` asks for torchaudio, whose releases
+    # (the last 2.11.1) each pin another torch than 2.14.1, so the install cannot resolve;
+    # installed with --no-deps, it stops at `import torchaudio`.
+    pytest.skip(f"dasheng cannot import beside torch {torch.__version__} (it imports "
+                f"torchaudio, which no release pairs with this torch): "
                 f"{type(err).__name__}: {err}")
   torch.manual_seed(0)
   model = AudioTransformerMAE_Encoder(embed_dim=768, depth=2, num_heads=12).eval()
