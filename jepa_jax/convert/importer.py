@@ -22,7 +22,7 @@ import ml_collections
 from data_pipelines import frontends
 from jepa_jax import export, models, objectives
 from jepa_jax.config import fields, shapes, upgrade, validation
-from jepa_jax.convert import audiomae, dasheng, m2d, safe_load, timm_vit
+from jepa_jax.convert import audiomae, dasheng, export_torch, m2d, safe_load, timm_vit
 from jepa_jax.models import vit
 
 FORMATS = {"timm_vit": timm_vit, "audiomae": audiomae, "m2d": m2d, "dasheng": dasheng}
@@ -143,22 +143,19 @@ def recipe_config_and_meta(format_name: str, recipe: str | None, changes: dict
   return config, meta
 
 
-METADATA_KEY = "jepa_jax"  # export_torch.METADATA_KEY (that module needs torch)
-
-
 def exported_by_jepa_jax(state: dict) -> tuple[ml_collections.ConfigDict, dict] | None:
   """The config and frontend metadata a `convert export` file carries beside its state
   dict (None for other files), so that its import embeds as the exported run did (its
   dataset normalisation, frames, recipe)."""
-  exported = state.get(METADATA_KEY)
+  exported = state.get(export_torch.METADATA_KEY)
   if not isinstance(exported, dict):
     return None
   try:
     config = ml_collections.ConfigDict(upgrade.upgrade(json.loads(exported["config"])))
     return config, dict(exported["frontend_meta"])
   except (KeyError, TypeError, ValueError) as err:
-    raise safe_load.CheckpointError(f"its '{METADATA_KEY}' entry is not one jepa_jax.convert "
-                                    f"export writes ({err!r})") from None
+    raise safe_load.CheckpointError(f"its '{export_torch.METADATA_KEY}' entry is not one "
+                                    f"jepa_jax.convert export writes ({err!r})") from None
 
 
 def layout_for(config: ml_collections.ConfigDict, params: dict) -> dict:
