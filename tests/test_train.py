@@ -18,7 +18,8 @@ from tests.tiny import TINY_FLAGS, exported_params, tiny_config
 
 
 class BatchSpy:
-  """Records every training batch; optionally sends SIGTERM after the n-th."""
+  """Records every training batch; optionally sends SIGTERM as the n-th is read, before
+  its step is dispatched."""
 
   def __init__(self, monkeypatch, stop_after=None):
     self.batches, self.stop_after = [], stop_after
@@ -67,14 +68,17 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(finished_run, tmp_path
   reference_dir, _, reference_batches = finished_run
   spy = BatchSpy(monkeypatch, stop_after=4)
   first = loop.train(tiny_config(checkpoint_every=100), tmp_path)
-  assert first.interrupted and first.step == 4
-  assert checkpoint.Checkpointer(tmp_path / "checkpoints", 2).latest_step() == 4
+  # The signal came while step 3 ran, before step 4 was dispatched: step 3 is saved
+  # without waiting for another step.
+  assert first.interrupted and first.step == 3
+  assert checkpoint.Checkpointer(tmp_path / "checkpoints", 2).latest_step() == 3
   assert not (tmp_path / "export").exists()
   spy.stop_after = None
   second = loop.train(tiny_config(checkpoint_every=100), tmp_path)
   assert not second.interrupted and second.step == 6
-  assert len(spy.batches) == 6
-  for a, b in zip(spy.batches, reference_batches):
+  # Batch 4, read before the stop, is read again by the resumed run.
+  assert len(spy.batches) == 7
+  for a, b in zip(spy.batches[:4] + spy.batches[4:], reference_batches[:4] + reference_batches[3:]):
     np.testing.assert_array_equal(a, b)
   jax.tree.map(np.testing.assert_array_equal, exported_params(tmp_path),
                exported_params(reference_dir))
@@ -112,9 +116,17 @@ def test_a_second_signal_while_the_last_checkpoint_is_written_does_not_kill_the_
 
   monkeypatch.setattr(checkpoint.Checkpointer, "wait", wait_with_another_signal)
   result = loop.train(tiny_config(checkpoint_every=100), tmp_path)
-  assert result.interrupted and result.step == 2 and handled[-1]
-  assert checkpoint.Checkpointer(tmp_path / "checkpoints", 2).latest_step() == 2
+  assert result.interrupted and result.step == 1 and handled[-1]
+  assert checkpoint.Checkpointer(tmp_path / "checkpoints", 2).latest_step() == 1
   assert "already stopping; the checkpoint is being saved" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_stop_right_after_a_checkpointed_step_keeps_that_checkpoint(tmp_path, monkeypatch):
+  BatchSpy(monkeypatch, stop_after=3)  # while step 2 runs, which checkpoint_every saves
+  result = loop.train(tiny_config(checkpoint_every=2), tmp_path)
+  assert result.interrupted and result.step == 2
+  assert checkpoint.Checkpointer(tmp_path / "checkpoints", 2).latest_step() == 2
 
 
 def test_incompatible_workdir_is_refused_and_left_untouched(finished_run):

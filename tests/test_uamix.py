@@ -369,7 +369,8 @@ def test_recipe_variants():
 
 
 class StopAfter:
-  """Sends SIGTERM after the n-th training batch (the loop then checkpoints and stops)."""
+  """Sends SIGTERM as the n-th training batch is read: the loop then checkpoints the step
+  before it and stops."""
 
   def __init__(self, monkeypatch, n):
     self.count, real = 0, jax.make_array_from_process_local_data
@@ -450,7 +451,7 @@ def test_stage2_starts_from_stage1_and_keeps_the_lower_half(runs):
 def test_interrupted_stage2_resumes_to_the_same_encoder_and_queue(runs, tmp_path, monkeypatch):
   root, _, _ = runs
   config = tiny_uamix_config(2, str(root / "stage1"), checkpoint_every=100)
-  StopAfter(monkeypatch, 4)
+  StopAfter(monkeypatch, 5)
   first = loop.train(config, tmp_path)
   assert first.interrupted and first.step == 4
   queue = _final(tmp_path, "aux")["queue"]

@@ -232,6 +232,11 @@ def _initial_state(config: ml_collections.ConfigDict, workdir: Path, compiled, c
   return state, 0
 
 
+def _save(ckpt, step: int, state: dict, config: ml_collections.ConfigDict) -> None:
+  # `step` steps read `step` global batches (micro-batches split each of them).
+  ckpt.save(step, state, checkpoint.DataPosition(step, config.train.batch_size))
+
+
 def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dict, iterator,
           ckpt, total_steps: int, timings: dict, stop: _StopRequest) -> tuple[dict, dict]:
   """Steps from the state's step to `total_steps` or a `stop` request: (state, the metrics
@@ -241,8 +246,9 @@ def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dic
   progress = metric_writers.Progress(start, total_steps)
   last_metrics: dict = {}
   t = time.perf_counter()
-  # Each step's loss is checked while the next one runs, so the host only waits for
-  # the device at logs and saves.
+  # The next batch is read while a step runs; then its loss is checked and a stop request
+  # honoured before the next step is dispatched, so a signal during step N saves step N
+  # (dispatching N + 1 first would make the stop wait for it too: minutes at paper sizes).
   pending = None
   timings["input_wait"] = 0.0
   logged = (t, 0.0)  # time and input wait at the last log
@@ -254,12 +260,16 @@ def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dic
     # What blocks the host: the batch and the slicing into per-device shards; the copies
     # to the devices run asynchronously (the step waits for them, not the host).
     timings["input_wait"] += time.perf_counter() - waited_from
+    if pending is not None:
+      _ensure_finite(*pending, ckpt)
+      if stop.after(pending[0]):
+        if pending[0] % config.train.checkpoint_every:  # else saved at its step already
+          _save(ckpt, pending[0], state, config)
+        break
     state, metrics = compiled.step(state, batch)
     if step == start + 1:  # the first step's time, as soon as it is known
       jax.block_until_ready(metrics["loss"])
       progress.first_step(step, time.perf_counter() - waited_from)
-    if pending is not None:
-      _ensure_finite(*pending, ckpt)
     pending = (step, metrics)
     if step % config.train.log_every == 0 or step == total_steps:
       last_metrics = jax.device_get({**metrics, **compiled.monitors(state, batch)})
@@ -269,13 +279,9 @@ def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dic
       writer.write(step, {**last_metrics, "steps_per_sec": rate,
                           "input_wait_fraction": (waited - logged[1]) / (now - logged[0])})
       logged = (now, waited)
-    stopping = stop.after(step)
-    if step % config.train.checkpoint_every == 0 or step == total_steps or stopping:
+    if step % config.train.checkpoint_every == 0 or step == total_steps:
       _ensure_finite(step, metrics, ckpt)
-      # `step` steps read `step` global batches (micro-batches split each of them).
-      ckpt.save(step, state, checkpoint.DataPosition(step, config.train.batch_size))
-    if stopping:
-      break
+      _save(ckpt, step, state, config)
   ckpt.wait()
   timings["train"] = time.perf_counter() - t
   writer.close()
