@@ -9,9 +9,9 @@ Each config and training seed runs `python -m jepa_jax.main --config=configs/NAM
 interrupted one resumes: give a fresh ROOT to time the command). Monitors are read from
 the workdir's metrics.jsonl at the first and last logged steps; wall_s is the command's
 wall time. Per config, the margin over the random-init encoder is also summarised over
-the seeds (mean, smallest, smallest in probe seed-stds). 4 to 5 minutes per
-config on a 2-core CPU (A-JEPA's about 30: its block masks need 52 epochs), twice that on
-slower ones. Prints a table and writes JSON.
+the seeds (mean, smallest, smallest in probe seed-stds). 4 to 8 minutes per
+config and seed on a 2-core CPU (A-JEPA's about 30: its block masks need 52 epochs), twice
+that on slower ones. Prints a table and writes JSON.
 """
 import json
 import statistics

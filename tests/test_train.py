@@ -78,7 +78,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(finished_run, tmp_path
   assert not second.interrupted and second.step == 6
   # Batch 4, read before the stop, is read again by the resumed run.
   assert len(spy.batches) == 7
-  for a, b in zip(spy.batches[:4] + spy.batches[4:], reference_batches[:4] + reference_batches[3:]):
+  for a, b in zip(spy.batches, reference_batches[:4] + reference_batches[3:]):
     np.testing.assert_array_equal(a, b)
   jax.tree.map(np.testing.assert_array_equal, exported_params(tmp_path),
                exported_params(reference_dir))
