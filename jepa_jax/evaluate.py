@@ -52,6 +52,9 @@ def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
                       flag_values=values)
   flags.DEFINE_enum("freq_pool", "concat", features.FREQ_POOLS, "concatenate (EVAR) or "
                     "average the frequency tokens of a time step", flag_values=values)
+  flags.DEFINE_list("layers", [], "embed with the mean of these blocks' outputs (numbers "
+                    "from 1, or 'all'), each through the encoder's final LayerNorm (default: "
+                    "the encoder's output, its last block)", flag_values=values)
   flags.DEFINE_float("unit_sec", None, "clip length in seconds (default: the task's "
                      "task.json, a HEAR task's sample_duration, else whole)",
                      flag_values=values)
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                or suite.default_tasks(args.workdir))
     results = suite.evaluate(args.workdir, sources, protocols, ("trained", *baselines),
                              args.freq_pool, args.unit_sec, chart=args.protocol == "all",
+                             layers=tuple(args.layers),
                              finetune_settings=args.finetune,
                              fewshot_classes_spec=args.fewshot_classes,
                              draw_plots=args.plots)

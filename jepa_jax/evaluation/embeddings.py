@@ -1,7 +1,7 @@
 """Frozen clip embeddings of a labelled task, cached: `python -m jepa_jax.embed`.
 
     python -m jepa_jax.embed --workdir=RUN --task=DIR [--freq_pool=concat|mean]
-        [--random_init] [--unit_sec=S]
+        [--layers=N,...|all] [--random_init] [--unit_sec=S]
 
 Loads the workdir's encoder export (or, with --random_init, the same encoder as its
 training started: the baseline every number should beat), turns each clip of the task
@@ -96,20 +96,30 @@ def load_feature_sets(workdir: str | Path, names: tuple[str, ...] = ("trained",)
   return config, frontend_meta, sets
 
 
+def blocks_of(feature_set: FeatureSet, layers) -> tuple[int, ...]:
+  """The blocks a `layers` spec (features.blocks_to_average) names in this feature set's
+  encoder; () for the mean-log-mel baseline, which has none."""
+  if feature_set.encoder is None:
+    return ()
+  return features.blocks_to_average(layers, feature_set.encoder.depth)
+
+
 def cache_path(workdir: str | Path, task: task_data.LabelledTask, feature_set: FeatureSet,
-               frontend_meta: dict, freq_pool: str) -> Path:
+               frontend_meta: dict, freq_pool: str, layers=()) -> Path:
+  blocks = blocks_of(feature_set, layers)
   key = task_data.fingerprint(CACHE_VERSION, feature_set.fingerprint, task.fingerprint,
-                              frontend_meta, freq_pool)
+                              frontend_meta, freq_pool, *([blocks] if blocks else []))
   return Path(workdir).absolute() / CACHE_DIR / f"{task.name}-{feature_set.name}-{key}.npz"
 
 
 def _compute(feature_set: FeatureSet, mels, pads, frontend_meta: dict, freq_pool: str,
-             chunk_batch: int) -> np.ndarray:
+             layers, chunk_batch: int) -> np.ndarray:
   """`pads`: each clip's own (task_data.load_clips), for the last chunk."""
   if feature_set.encoder is None:
     return features.mean_logmel(mels)
   return features.clip_embeddings(feature_set.encoder, feature_set.params, mels,
-                                  frontend_meta["frames"], pads, chunk_batch, freq_pool)
+                                  frontend_meta["frames"], pads, chunk_batch, freq_pool,
+                                  blocks_of(feature_set, layers))
 
 
 def _save(path: Path, x: np.ndarray) -> None:
@@ -120,17 +130,20 @@ def _save(path: Path, x: np.ndarray) -> None:
 
 
 def embed_tasks(workdir: str | Path, sources: list, feature_sets: list[FeatureSet],
-                frontend_meta: dict, *, freq_pool: str = "concat",
+                frontend_meta: dict, *, freq_pool: str = "concat", layers=(),
                 unit_sec: float | None = None, chunk_batch: int = 64, cache: bool = True):
   """[(task, {feature set name: (clips, D) embeddings})] per source, from the cache where
   it holds them. Audio is read only for what must be computed, and a clip that several
-  tasks share (the same file, by inode) is read and encoded once."""
+  tasks share (the same file, by inode) is read and encoded once. `layers`: the blocks
+  whose outputs are averaged (features.blocks_to_average; () the encoder's output)."""
   if freq_pool not in features.FREQ_POOLS:
     raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(features.FREQ_POOLS)}")
+  for fs in feature_sets:  # a bad spec fails before any audio is read
+    blocks_of(fs, layers)
   results, pending, memo = [], [], {}
   for source in sources:
     task = task_data.read(source, unit_sec)
-    paths = {fs.name: cache_path(workdir, task, fs, frontend_meta, freq_pool)
+    paths = {fs.name: cache_path(workdir, task, fs, frontend_meta, freq_pool, layers)
              for fs in feature_sets}
     out = {}
     for fs in feature_sets:
@@ -150,7 +163,7 @@ def embed_tasks(workdir: str | Path, sources: list, feature_sets: list[FeatureSe
     if not unique:
       continue
     x = _compute(fs, [m for m, _ in unique.values()], [p for _, p in unique.values()],
-                 frontend_meta, freq_pool, chunk_batch)
+                 frontend_meta, freq_pool, layers, chunk_batch)
     row = {key: i for i, key in enumerate(unique)}
     for out, paths, mels, _ in jobs:
       out[fs.name] = x[[row[id(m)] for m in mels]]

@@ -4,6 +4,12 @@ encoded without masking, the frequency tokens of each time step are concatenated
 (5 x 768 = 3840-d for ViT-B on 80 mels) and the result is averaged over every time
 step of the clip that holds audio (padding of the last chunk is left out). The
 frequency tokens can be averaged instead (`freq_pool='mean'`, width-d embeddings).
+
+The tokens are the encoder's output: its last block through its final LayerNorm. With
+`layers` (block numbers from 1) they are the average of those blocks' outputs, each
+through the same final LayerNorm (without it the deeper blocks' larger residual stream
+would outweigh the others): on the real-audio development tasks a JEPA encoder's early
+blocks keep what its last ones drop (docs/results.md, "Which block to probe").
 """
 import functools
 import math
@@ -13,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jepa_jax.models import layers as layers_lib
 from jepa_jax.models import patches as patches_lib
 from jepa_jax.models import vit
 from jepa_jax.parallel import memory
@@ -69,29 +76,68 @@ def embedding_size(encoder: vit.Encoder, freq_pool: str) -> int:
   return encoder.width * (encoder.grid[0] if freq_pool == "concat" else 1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _time_steps(encoder: vit.Encoder, params, chunks, freq_pool: str):
+def blocks_to_average(spec, depth: int) -> tuple[int, ...]:
+  """The block numbers (1..depth, sorted) a `layers` spec names: numbers, or 'all'.
+  () stands for the encoder's output, so the last block alone is () too."""
+  chosen = set()
+  for item in spec:
+    item = str(item).strip()
+    if item == "all":
+      chosen.update(range(1, depth + 1))
+    elif item.isdigit() and 1 <= int(item) <= depth:
+      chosen.add(int(item))
+    else:
+      raise ValueError(f"layers: {item!r} is not a block of this {depth}-block encoder; "
+                       f"give block numbers 1-{depth} or 'all'")
+  return () if chosen in (set(), {depth}) else tuple(sorted(chosen))
+
+
+def _is_block(module, method_name: str) -> bool:
+  return method_name == "__call__" and (module.name or "").startswith("block_")
+
+
+def encoded_tokens(encoder: vit.Encoder, params, patches, layers: tuple[int, ...] = ()):
+  """(B, tokens, D): the encoder's output, or the mean of the outputs of blocks `layers`
+  (blocks_to_average) each through the final LayerNorm."""
+  if not layers:
+    return encoder.apply({"params": params}, patches)
+  # The blocks one by one (not scanned), so that each block's output can be captured.
+  plain, params = encoder.clone(scan=False, remat="none"), vit.unstack_layers(params)
+  _, state = plain.apply({"params": params}, patches, capture_intermediates=_is_block,
+                         mutable=["intermediates"])
+  outputs = state["intermediates"]["transformer"]
+  norm = layers_lib.layer_norm()
+  first = 1 if encoder.class_token else 0  # the class token is not an output row
+  return jnp.mean(jnp.stack([
+      norm.apply({"params": params["transformer"]["norm"]},
+                 outputs[f"block_{k - 1}"]["__call__"][0][:, first:]) for k in layers]), 0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _time_steps(encoder: vit.Encoder, params, chunks, freq_pool: str, layers: tuple[int, ...]):
   """(C, time patches, D): each time step's frequency tokens, concatenated or averaged."""
-  tokens = encoder.apply({"params": params}, patches_lib.patchify(chunks, encoder.patch_shape))
+  tokens = encoded_tokens(encoder, params, patches_lib.patchify(chunks, encoder.patch_shape),
+                          layers)
   gf, gt = encoder.grid
   z = tokens.reshape(chunks.shape[0], gf, gt, -1).transpose(0, 2, 1, 3).astype(jnp.float32)
   return z.reshape(chunks.shape[0], gt, -1) if freq_pool == "concat" else z.mean(2)
 
 
-_COMPILED: dict = {}  # (encoder, parameter shapes, chunk shape, batch, freq_pool) -> (b, fn)
+_COMPILED: dict = {}  # (encoder, parameter shapes, chunk shape, batch, pooling) -> (b, fn)
 
 
 def fitted_time_steps(encoder: vit.Encoder, params, chunk_shape: tuple[int, int],
-                      batch_size: int, freq_pool: str) -> tuple[int, object]:
+                      batch_size: int, freq_pool: str, layers: tuple[int, ...] = ()
+                      ) -> tuple[int, object]:
   """(b, compiled _time_steps for b chunks of `chunk_shape`): b = `batch_size`, or a
   smaller batch that fits the device's memory (memory.fitted_batch; said once on stderr).
   Cached: one choice and compile per encoder, shapes and batch."""
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  key = (encoder, str(shapes), chunk_shape, batch_size, freq_pool)
+  key = (encoder, str(shapes), chunk_shape, batch_size, freq_pool, layers)
   if key not in _COMPILED:
     def compile_at(b: int):
       chunks = jax.ShapeDtypeStruct((b, *chunk_shape), jnp.float32)
-      return _time_steps.lower(encoder, shapes, chunks, freq_pool).compile()
+      return _time_steps.lower(encoder, shapes, chunks, freq_pool, layers).compile()
 
     b, compiled = memory.fitted_batch(compile_at, batch_size, jax.local_devices()[:1],
                                       "embedding one chunk")
@@ -103,8 +149,8 @@ def fitted_time_steps(encoder: vit.Encoder, params, chunk_shape: tuple[int, int]
 
 
 def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames: int,
-                     pad_value, batch_size: int = 64, freq_pool: str = "concat"
-                     ) -> list[np.ndarray]:
+                     pad_value, batch_size: int = 64, freq_pool: str = "concat",
+                     layers: tuple[int, ...] = ()) -> list[np.ndarray]:
   """Per clip, (time patches holding audio, D) embeddings, one per time patch of the
   `frames`-long chunks laid end to end, the last padded with `pad_value` (as `chunk`:
   per clip, or one for all). Batches of chunks are padded to `batch_size`, or
@@ -113,7 +159,8 @@ def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frame
   if freq_pool not in FREQ_POOLS:
     raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(FREQ_POOLS)}")
   chunks, owner, cols = chunk(mels, frames, encoder.patch_shape[1], pad_value)
-  b, time_steps = fitted_time_steps(encoder, params, chunks.shape[1:], batch_size, freq_pool)
+  b, time_steps = fitted_time_steps(encoder, params, chunks.shape[1:], batch_size, freq_pool,
+                                    layers)
   steps = np.concatenate([np.asarray(time_steps(params, jnp.asarray(part)))[:n]
                           for part, n in padded_batches(chunks, b)])
   return [np.concatenate([steps[c, :cols[c]] for c in np.flatnonzero(owner == i)])
@@ -121,10 +168,12 @@ def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frame
 
 
 def clip_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames: int,
-                    pad_value, batch_size: int = 64, freq_pool: str = "concat") -> np.ndarray:
+                    pad_value, batch_size: int = 64, freq_pool: str = "concat",
+                    layers: tuple[int, ...] = ()) -> np.ndarray:
   """(num clips, D) embeddings: the mean over time of `frame_embeddings`."""
   return np.stack([f.mean(0) for f in frame_embeddings(
-      encoder, params, mels, frames, pad_value, batch_size, freq_pool)]).astype(np.float32)
+      encoder, params, mels, frames, pad_value, batch_size, freq_pool, layers)]
+                  ).astype(np.float32)
 
 
 def mean_logmel(mels: list[np.ndarray]) -> np.ndarray:

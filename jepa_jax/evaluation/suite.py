@@ -2,7 +2,7 @@
 
     python -m jepa_jax.evaluate --workdir=RUN --task=DIR[,DIR...] --protocol=P
         [--baselines=random_init,mean_logmel] [--freq_pool=concat|mean] [--unit_sec=S]
-        [--audio_root=DIR] [--plots]
+        [--layers=N,...|all] [--audio_root=DIR] [--plots]
 
 P is one of (docs/evaluation.md):
   linear    EVAR's linear evaluation: standardised features, one linear layer, Adam at
@@ -76,10 +76,13 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -
 def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
              feature_sets: tuple[str, ...] = ("trained", "random_init"),
              freq_pool: str = "concat", unit_sec: float | None = None, chart: bool = False,
+             layers=(),
              finetune_settings: dict | None = None, fewshot_classes_spec: str = "",
              draw_plots: bool = False) -> dict:
   """Run `protocols` on every task for every feature set; write and return the results
-  (task -> protocol -> feature set -> {'scores': ...}). `finetune_settings` override the
+  (task -> protocol -> feature set -> {'scores': ...}). `layers`: the frozen protocols
+  read the mean of these blocks' outputs (features.blocks_to_average; () the encoder's
+  output); fine-tuning trains the whole encoder. `finetune_settings` override the
   export's config.finetune fields; `fewshot_classes_spec` as --fewshot_classes;
   `draw_plots`: each task's embedding map and nearest-neighbour sheet (`plots`), drawn from
   the embeddings the protocols use."""
@@ -95,7 +98,7 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
                                     [task_data.read(s, unit_sec) for s in sources])
   if frozen_protocols or draw_plots:
     embedded = embeddings.embed_tasks(workdir, sources, sets, frontend_meta,
-                                      freq_pool=freq_pool, unit_sec=unit_sec,
+                                      freq_pool=freq_pool, layers=layers, unit_sec=unit_sec,
                                       chunk_batch=config.probe.chunk_batch)
     for source, (task, x) in zip(sources, embedded):
       if draw_plots:
