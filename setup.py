@@ -34,8 +34,8 @@ setup(
   extras_require={
     # The torch extra too, so that CI runs the PyTorch parity tests (jepa_jax/convert), and
     # nnAudio (torch only) for M2D's front end (tests/test_data_frontends.py).
-    "test": ["pytest>=8", "pytest-xdist>=3.6", "scikit-learn>=1.4", "torch==2.14.1", "torchvision==0.29.1",
-             "timm==1.0.31", "safetensors", "nnAudio==0.3.4"],
+    "test": ["pytest>=8", "pytest-xdist>=3.6", "scikit-learn>=1.4", "torch==2.14.1",
+             "torchvision==0.29.1", "timm==1.0.31", "safetensors", "nnAudio==0.3.4"],
     "dev": ["pytest>=8", "pytest-xdist>=3.6", "scikit-learn>=1.4", "ruff"],
     "notebooks": ["jupyter"],
     "plots": ["scikit-learn>=1.4"],  # t-SNE embedding maps (else PCA)

@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-
 from test_evaluation import make_tone_task
 from tiny import tiny_config
 
@@ -83,7 +82,7 @@ def test_the_commands_take_layers_and_refuse_a_block_the_encoder_lacks(tmp_path,
   run = tmp_path / "run"
   export.export_encoder(run / "export", config,
                         nn.unbox(models.init_encoder(encoder, jax.random.key(7))), meta)
-  folder = make_tone_task(tmp_path / "t", per_class=2)
+  folder = make_tone_task(tmp_path / "t", per_class=5)  # enough for every split
   embed.main([f"--workdir={run}", f"--task={folder}", "--layers=1"])
   first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   embed.main([f"--workdir={run}", f"--task={folder}"])
@@ -91,6 +90,11 @@ def test_the_commands_take_layers_and_refuse_a_block_the_encoder_lacks(tmp_path,
   assert first["features"] != last["features"]  # cached apart
   with np.load(first["features"]) as a, np.load(last["features"]) as b:
     assert a["x"].shape == b["x"].shape and not np.allclose(a["x"], b["x"])
+  evaluate.main([f"--workdir={run}", f"--task={folder}", "--layers=1", "--protocol=knn",
+                 "--baselines=random_init,mean_logmel"])
+  knn = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["t"]["knn"]
+  assert knn["trained"]["layers"] == knn["random_init"]["layers"] == [1]
+  assert "layers" not in knn["mean_logmel"]  # results say what they read
   with pytest.raises(SystemExit) as exited:
     evaluate.main([f"--workdir={run}", f"--task={folder}", "--layers=9"])
   err = capsys.readouterr().err

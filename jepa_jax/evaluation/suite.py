@@ -96,6 +96,9 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
   if "fewshot" in frozen_protocols:  # bad class names fail here, before any audio is encoded
     chosen = frozen.fewshot_classes(fewshot_classes_spec, config,
                                     [task_data.read(s, unit_sec) for s in sources])
+  # A result read from chosen blocks says which (the others are the encoder's output).
+  read_from = {fs.name: {"layers": list(b)} if (b := embeddings.blocks_of(fs, layers)) else {}
+               for fs in sets}
   if frozen_protocols or draw_plots:
     embedded = embeddings.embed_tasks(workdir, sources, sets, frontend_meta,
                                       freq_pool=freq_pool, layers=layers, unit_sec=unit_sec,
@@ -114,8 +117,8 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
               x, task, chosen.get(task.name))
           continue
         results.setdefault(task.name, {})[protocol] = {
-            name: task_data.reported(frozen.RUNNERS[protocol](features, task, config.probe),
-                                     task)
+            name: {**task_data.reported(frozen.RUNNERS[protocol](features, task, config.probe),
+                                        task), **read_from[name]}
             for name, features in x.items()}
   if "finetune" in protocols:
     for task, by_protocol in _finetune(sources, sets, frontend_meta, config, unit_sec,
