@@ -89,3 +89,18 @@ def test_adamw_decays_kernels_but_not_biases_norms_or_mask_token():
   np.testing.assert_allclose(updates["dense"]["kernel"], -lr1 * 0.05 * np.ones((2, 2)), rtol=1e-5)
   np.testing.assert_array_equal(updates["dense"]["bias"], np.zeros(2))
   np.testing.assert_array_equal(updates["mask_token"], np.zeros((1, 1, 2)))
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])  # below and above the threshold
+def test_clip_by_global_norm_equals_optax(scale):
+  rng = np.random.default_rng(0)
+  grads = {"a": jnp.asarray(rng.normal(size=(7, 5)) * scale, jnp.float32),
+           "b": {"c": jnp.asarray(rng.normal(size=(11,)) * scale, jnp.float32)}}
+  ours, reference = optimizer.clip_by_global_norm(2.0), optax.clip_by_global_norm(2.0)
+  state = ours.init(grads)
+  assert state == reference.init(grads)  # the same (empty) state: checkpoints keep their layout
+  clipped, _ = jax.jit(ours.update)(grads, state)
+  expected, _ = reference.update(grads, state)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=0), clipped, expected)
+  norm = float(optax.tree.norm(clipped))
+  assert norm == pytest.approx(min(2.0, float(optax.tree.norm(grads))), rel=1e-6)

@@ -102,3 +102,50 @@ def test_step_ratios_against_the_reference():
   assert r["mae"] == {"time_ratio": 1.0, "flops_ratio": 1.0, "time_over_flops": 1.0}
   assert r["ajepa"]["time_ratio"] == 3.0 and r["ajepa"]["flops_ratio"] == 2.5
   assert r["ajepa"]["time_over_flops"] == pytest.approx(1.2)
+
+
+def test_step_profile_parts_of_a_real_step():
+  """Every op of a tiny JEPA step's trace is found in its HLO, and each part gets the ops
+  it names: the QKV and MLP products, the attention core, AdamW's elementwise update."""
+  from benchmarks import step_profile
+  setup = step_setup.benchmark_step(tiny_config())
+  state = setup.state
+
+  def run():
+    nonlocal state
+    state, metrics = setup.compiled.step(state, setup.batch)
+    jax.block_until_ready(metrics)
+
+  run()
+  events, step_s = step_profile.traced_events(run, 1)
+  ops = step_profile.hlo_ops(setup.compiled.step.as_text())
+  executed = {name for name, _ in events if name in ops}
+  assert step_s > 0 and len(executed) > 20
+  parts = step_profile.shares(events, ops)
+  assert math.isclose(sum(p["share"] for p in parts.values()), 1.0)
+  for part in ("projections and MLP GEMMs", "attention core", "other model ops",
+               "update, loss, other"):
+    assert parts[part]["matmul_ms"] + parts[part]["other_ms"] > 0, part
+  assert parts["projections and MLP GEMMs"]["other_ms"] == 0  # products only, by definition
+  assert parts["update, loss, other"]["other_ms"] > 0  # AdamW and the EMA, elementwise
+
+
+@pytest.mark.parametrize("op_name, matmul, part", [
+    ("jit(train_step)/transpose(jvp(Encoder))/transformer/block_3/attn/qkv/dot_general", True,
+     "projections and MLP GEMMs"),
+    ("jit(train_step)/jvp(Encoder)/transformer/block_3/attn/qkv/add", False, "other model ops"),
+    ("jit(train_step)/jvp(Encoder)/transformer/block_3/attn/dot_general", True,
+     "attention core"),
+    ("jit(train_step)/Encoder/transformer/block_0/attn/exp", False, "attention core"),
+    ("jit(train_step)/jvp(Predictor)/transformer/block_1/mlp/fc2/dot_general", True,
+     "projections and MLP GEMMs"),
+    ("jit(train_step)/jvp(Predictor)/transformer/block_1/mlp/erfc", False, "other model ops"),
+    ("jit(train_step)/jvp(Encoder)/patch_embed/dot_general", True, "other model ops"),
+    ("jit(train_step)/jvp(mask_sampling)/lt", False, "masks"),
+    ("state['params']['encoder']['transformer']['block_1']['attn']['qkv']['kernel']", False,
+     "parameter copies"),
+    ("jit(train_step)/div", False, "update, loss, other"),
+    ("", False, "update, loss, other")])
+def test_step_profile_part_of(op_name, matmul, part):
+  from benchmarks import step_profile
+  assert step_profile.part_of(op_name, matmul) == part

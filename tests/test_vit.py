@@ -145,3 +145,29 @@ def test_learned_positions_are_factorised_frequency_plus_time():
   a = enc.apply({"params": params}, tokens, jnp.array([[0, 1]]))
   b = enc.apply({"params": params}, tokens, jnp.array([[2, 3]]))
   assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("features, in_names, out_names, x_shape", [
+    ((3, 4, 8), ("embed",), (None, "heads", "kv"), (2, 5, 16)),  # QKV: (embed, 3, heads, kv)
+    ((16,), ("heads", "kv"), ("embed",), (2, 5, 4, 8)),          # attention output
+    ((16,), ("embed",), ("mlp",), (2, 5, 16))])
+def test_projection_is_the_product_over_its_whole_kernel(features, in_names, out_names, x_shape):
+  """The product runs on a merged view of the kernel (layers._merged); it must equal the
+  contraction over the kernel's own axes, with parameters of the declared shapes."""
+  from jepa_jax.models import layers
+  proj = layers.Projection(features, in_names, out_names)
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  params = nn.unbox(proj.init(jax.random.key(1), x))["params"]
+  n_in = len(in_names)
+  assert params["kernel"].shape == x_shape[-n_in:] + features
+  params["bias"] = jax.random.normal(jax.random.key(2), features)
+  expected = jnp.tensordot(x, params["kernel"], n_in) + params["bias"]
+  np.testing.assert_allclose(proj.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merged_view_keeps_sharded_axes_leading():
+  from jepa_jax.models import layers
+  assert layers._merged((3, 12, 64), (None, "heads", "kv")) == (3, 768)
+  assert layers._merged((12, 64), ("heads", "kv")) == (768,)
+  assert layers._merged((768,), ("embed",)) == (768,)
+  assert layers._merged((4, 5), ("embed", "mlp")) == (4, 5)  # two named axes stay apart

@@ -3,6 +3,7 @@ optional per-layer factors of the encoder (layer-wise lr decay, frozen bottom la
 then (for objectives with a target network) the EMA target transformation."""
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -21,6 +22,22 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, batch_size: int,
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=peak * optim.end_lr_ratio)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm's clipping, as a product with one scalar factor
+  (min(1, max_norm / norm)) instead of a division: XLA counts a division as expensive and
+  writes the clipped gradients out once for Adam's two moments to read, a product it folds
+  into both. That pass was 40 % of AdamW + EMA's time on a ViT-B's parameters (2-core CPU;
+  benchmarks/step_profile.py). Same (empty) state, so checkpoints keep their layout."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    norm = optax.tree.norm(updates)
+    factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+    return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def _last_name(path) -> str:
@@ -76,7 +93,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, ema_config: ml_collections.
   parts = list(before)  # frozen layers' gradients are zeroed before clipping sees them
   trained = []
   if optim.clip_norm > 0:
-    trained.append(optax.clip_by_global_norm(optim.clip_norm))
+    trained.append(clip_by_global_norm(optim.clip_norm))
   trained.append(optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
                              weight_decay=optim.weight_decay, mask=weight_decay_mask))
   if frozen_layers > 0:
