@@ -18,7 +18,8 @@ and its opcode whether it is a matrix product (XLA's dot ops and YNNPACK fusions
 Times are op time summed over the runtime's threads, so they add up to more than the
 step's wall time where two ops ran at once; the shares are of that sum. Prints the table
 and writes JSON (--out): 'parts' {part: {'matmul_ms', 'other_ms', 'share'}}, 'step_s' (the
-median wall time of the traced steps), 'ops' (the 30 costliest ops).
+median wall time of the traced steps), 'ops' (the 25 costliest matrix products and the 25
+costliest other ops, each with its part).
 """
 import collections
 import json
@@ -114,6 +115,13 @@ def shares(events: list[tuple[str, float]], ops: dict[str, tuple[str, str]]) -> 
           for p, (m, o) in totals.items()}
 
 
+def costliest(per_op: collections.Counter, ops: dict[str, tuple[str, str]], count: int) -> list:
+  """The `count` costliest matrix products and the `count` costliest other ops."""
+  rows = [{"name": n, "ms": ms, "matmul": is_matmul(n, ops[n][0]), "op_name": ops[n][1],
+           "part": part_of(ops[n][1], is_matmul(n, ops[n][0]))} for n, ms in per_op.most_common()]
+  return ([r for r in rows if r["matmul"]][:count] + [r for r in rows if not r["matmul"]][:count])
+
+
 def traced_events(run, steps: int) -> tuple[list[tuple[str, float]], float]:
   """(op name, ms per step) of every op event in `steps` traced calls of `run`, and the
   median wall seconds of those calls."""
@@ -154,7 +162,8 @@ def main(_):
     if name in ops:
       per_op[name] += ms
   op_ms = sum(r["matmul_ms"] + r["other_ms"] for r in parts.values())
-  print(f"batch {FLAGS.batch}, {FLAGS.tokens or 'the config'}'s tokens: step {step_s:.3f} s "
+  tokens = f"{FLAGS.tokens} tokens" if FLAGS.tokens else "the config's tokens"
+  print(f"batch {FLAGS.batch}, {tokens}: step {step_s:.3f} s "
         f"(median of {FLAGS.steps} traced), op time over all threads {op_ms:.0f} ms")
   print("part | matmul ms | other ms | share")
   for part, row in parts.items():
@@ -164,7 +173,7 @@ def main(_):
   out.write_text(json.dumps({
       "device": jax.devices()[0].device_kind, "batch": FLAGS.batch, "tokens": FLAGS.tokens,
       "step_s": step_s, "parts": parts,
-      "ops": [{"name": n, "ms": ms, "op_name": ops[n][1]} for n, ms in per_op.most_common(30)]},
+      "ops": costliest(per_op, ops, 25)},
       indent=1))
   print(f"wrote {out}")
 
