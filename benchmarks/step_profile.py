@@ -39,6 +39,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import step_setup  # noqa: E402
+from data_pipelines import cli_flags as cli  # noqa: E402
+from jepa_jax.config import fields  # noqa: E402
 from jepa_jax.parallel import allocator  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -117,9 +119,12 @@ def shares(events: list[tuple[str, float]], ops: dict[str, tuple[str, str]]) -> 
 
 def costliest(per_op: collections.Counter, ops: dict[str, tuple[str, str]], count: int) -> list:
   """The `count` costliest matrix products and the `count` costliest other ops."""
-  rows = [{"name": n, "ms": ms, "matmul": is_matmul(n, ops[n][0]), "op_name": ops[n][1],
-           "part": part_of(ops[n][1], is_matmul(n, ops[n][0]))} for n, ms in per_op.most_common()]
-  return ([r for r in rows if r["matmul"]][:count] + [r for r in rows if not r["matmul"]][:count])
+  rows = []
+  for name, ms in per_op.most_common():
+    matmul = is_matmul(name, ops[name][0])
+    rows.append({"name": name, "ms": ms, "matmul": matmul, "op_name": ops[name][1],
+                 "part": part_of(ops[name][1], matmul)})
+  return [r for r in rows if r["matmul"]][:count] + [r for r in rows if not r["matmul"]][:count]
 
 
 def traced_events(run, steps: int) -> tuple[list[tuple[str, float]], float]:
@@ -142,7 +147,10 @@ def traced_events(run, steps: int) -> tuple[list[tuple[str, float]], float]:
 def main(_):
   config = FLAGS.config
   if FLAGS.tokens:
-    config = step_setup.with_tokens(config, FLAGS.tokens)
+    try:
+      config = step_setup.with_tokens(config, FLAGS.tokens)
+    except fields.ConfigError as err:
+      cli.fail(str(err))
   config.train.batch_size = FLAGS.batch
   setup = step_setup.benchmark_step(config)
   state = setup.state

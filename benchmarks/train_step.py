@@ -45,8 +45,9 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from benchmarks import step_setup  # noqa: E402
+from data_pipelines import cli_flags as cli  # noqa: E402
 from jepa_jax import models  # noqa: E402
-from jepa_jax.config import shapes, validation  # noqa: E402
+from jepa_jax.config import fields, shapes, validation  # noqa: E402
 from jepa_jax.parallel import allocator, memory  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/audio_jepa.py:demo", "config to time")
@@ -208,7 +209,10 @@ def main(_):
   step_setup.check_objective(config)
   batches = [int(b) for b in FLAGS.batch_sizes]
   own_tokens = shapes.grid(config)[0] * shapes.grid(config)[1]
-  token_configs = {t: step_setup.with_tokens(config, t) for t in map(int, FLAGS.tokens)}
+  try:
+    token_configs = {t: step_setup.with_tokens(config, t) for t in map(int, FLAGS.tokens)}
+  except fields.ConfigError as err:
+    cli.fail(str(err))
   batch_rows = [measure(config, b) for b in batches]
   token_rows = [batch_rows[0] if t == own_tokens else measure(c, batches[0])
                 for t, c in token_configs.items()]
