@@ -233,5 +233,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  allocator.use_caching_allocator()  # as the commands: tcmalloc where JEPA_JAX_MALLOC=tcmalloc
+  allocator.use_caching_allocator()  # as the commands (JEPA_JAX_MALLOC, glibc by default)
   app.run(main)

@@ -198,5 +198,5 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  allocator.use_caching_allocator()  # as the commands: tcmalloc where JEPA_JAX_MALLOC=tcmalloc
+  allocator.use_caching_allocator()  # as the commands (JEPA_JAX_MALLOC, glibc by default)
   app.run(main)

@@ -1,5 +1,10 @@
 """`python -m jepa_jax.embed`: the command line over jepa_jax/evaluation/embeddings.py, whose
 docstring (printed by --help) says what is embedded and where the cache goes."""
+from jepa_jax.parallel import allocator
+
+if __name__ == "__main__":  # first, before jax loads: glibc reads its tunables at start
+  allocator.use_caching_allocator()
+
 import json
 
 from absl import flags
@@ -7,7 +12,7 @@ from absl import flags
 from data_pipelines import cli_flags as cli
 from jepa_jax import export
 from jepa_jax.evaluation import embeddings, features, task_data
-from jepa_jax.parallel import allocator, memory
+from jepa_jax.parallel import memory
 
 
 def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
@@ -51,5 +56,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  allocator.use_caching_allocator()
   main()

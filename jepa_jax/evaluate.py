@@ -1,5 +1,10 @@
 """`python -m jepa_jax.evaluate`: the command line over jepa_jax/evaluation/suite.py, whose
 docstring (printed by --help) says what each protocol and baseline is."""
+from jepa_jax.parallel import allocator
+
+if __name__ == "__main__":  # first, before jax loads: glibc reads its tunables at start
+  allocator.use_caching_allocator()
+
 import ast
 import json
 import sys
@@ -10,7 +15,7 @@ from absl import flags
 from data_pipelines import cli_flags as cli
 from jepa_jax import export
 from jepa_jax.evaluation import embeddings, features, frozen, report, suite, task_data
-from jepa_jax.parallel import allocator, memory
+from jepa_jax.parallel import memory
 
 
 def settings(text: str) -> dict:
@@ -91,5 +96,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  allocator.use_caching_allocator()
   main()

@@ -20,6 +20,11 @@ WORKDIR/training.png.
 A multi-host run starts the same command on every host (jepa_jax/parallel/distributed.py says how
 the processes find each other); process 0 writes, prints and probes.
 """
+from jepa_jax.parallel import allocator
+
+if __name__ == "__main__":  # first, before jax loads: glibc reads its tunables at start
+  allocator.use_caching_allocator()
+
 import contextlib
 import hashlib
 import json
@@ -39,7 +44,7 @@ from data_pipelines import cli_flags as cli
 from jepa_jax import objectives
 from jepa_jax.config import fields, validation
 from jepa_jax.evaluation import plots, suite
-from jepa_jax.parallel import allocator, distributed, memory
+from jepa_jax.parallel import distributed, memory
 from jepa_jax.training import checkpoint, datasets, loop, metric_writers, run_lock
 
 
@@ -189,5 +194,4 @@ def summary(config, result, workdir: str, probe: bool) -> dict:
 
 
 if __name__ == "__main__":
-  allocator.use_caching_allocator()
   main()

@@ -69,7 +69,7 @@ from jepa_jax.models import attention, layers, vit
 from jepa_jax.models import patches as patches_lib
 from jepa_jax.objectives import mixing
 from jepa_jax.optim import layerwise, optimizer
-from jepa_jax.parallel import memory
+from jepa_jax.parallel import allocator, memory
 
 
 class Classifier(nn.Module):
@@ -389,6 +389,8 @@ def _fit(run: _Run, params, mels, pads, split, evals, frontend_meta, task, seed:
     valid = scores.task_scores(run.logits(params, *evals[0], len(valid_rows)),
                                run.labels[valid_rows], run.multilabel)
     entry = {"epoch": epoch, "loss": float(np.mean(jax.device_get(losses))), "valid": valid}
+    if epoch == 1:  # its steps have run: keep one step's temporaries for the next, not two
+      allocator.release_free_memory()
     history.append(entry)
     if progress is not None:
       progress({"seed": seed, "fold": fold, **entry})

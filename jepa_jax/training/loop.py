@@ -26,7 +26,7 @@ from data_pipelines import frontends
 from jepa_jax import export, objectives
 from jepa_jax.config import fields, upgrade, validation
 from jepa_jax.optim import optimizer
-from jepa_jax.parallel import distributed
+from jepa_jax.parallel import allocator, distributed
 from jepa_jax.parallel import mesh as mesh_lib
 from jepa_jax.training import (
   checkpoint,
@@ -270,6 +270,7 @@ def _loop(config: ml_collections.ConfigDict, workdir: Path, compiled, state: dic
     if step == start + 1:  # the first step's time, as soon as it is known
       jax.block_until_ready(metrics["loss"])
       progress.first_step(step, time.perf_counter() - waited_from)
+      allocator.release_free_memory()  # one step's temporaries kept for the next, not two
     pending = (step, metrics)
     if step % config.train.log_every == 0 or step == total_steps:
       last_metrics = jax.device_get({**metrics, **compiled.monitors(state, batch)})
