@@ -6,6 +6,7 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -19,7 +20,7 @@ from jepa_jax.config import fields, shapes, validation
 from jepa_jax.models import attention, layers, vit
 from jepa_jax.models.predictor import BLOCKS
 from jepa_jax.optim import optimizer
-from jepa_jax.parallel import allocator
+from jepa_jax.parallel import allocator, memory
 from jepa_jax.parallel import mesh as mesh_lib
 from jepa_jax.training import fit, update
 
@@ -273,3 +274,31 @@ def plain_step(config: ml_collections.ConfigDict) -> PlainStep:
     compile_s = time.perf_counter() - t
   return PlainStep(step, params, frozen, inputs, compile_s)
 
+
+CPU_ATTENTION = ("xla", "dense", "blockwise", "auto")  # model.attention_impl
+
+
+def scoreless_attention(q, k, v, key_mask, segments, implementation):
+  """attention.attend's inputs and output with no (S, S) array: q times the mean over
+  positions of k * v (q, k and v all kept for the backward, as attention keeps them)."""
+  del key_mask, segments, implementation
+  return q * (k * v).mean(1, keepdims=True)
+
+
+def peak_by_attention(config: ml_collections.ConfigDict,
+                      implementations: tuple[str, ...] = CPU_ATTENTION) -> dict:
+  """XLA's peak bytes of the step (compiled only, nothing allocated) per implementation
+  ('xla' and 'auto' among them) and with scoreless_attention in place of attention. The
+  score matrices' share of the peak: 'xla' (jax.nn.dot_product_attention, which holds
+  them) minus scoreless; what 'auto' removes of that share."""
+  def peak(impl: str) -> int:
+    c = config.copy_and_resolve_references()
+    c.model.attention_impl = impl
+    return memory.needed_bytes(compiled_step(c)[1].step)
+
+  peaks = {impl: peak(impl) for impl in implementations}
+  with mock.patch.object(attention, "attend", scoreless_attention):
+    peaks["scoreless"] = peak("auto")
+  share = peaks["xla"] - peaks["scoreless"]
+  return {"peak_bytes": peaks, "score_share_bytes": share,
+          "auto_removes_of_score_share": (peaks["xla"] - peaks["auto"]) / share}

@@ -14,6 +14,7 @@ Each row: the compiled train step's median time after 2 warm-up steps, samples/s
 analytic FLOPs beside XLA's cost_analysis; achieved FLOP/s and its fraction of the matmul
 ceiling, one GEMM of the step's dominant shape (the MLP input of its costliest pass)
 timed in the same run and dtype; on a GPU in bf16 also MFU against the card's peak.
+Page faults per timed step (the allocator's, jepa_jax/parallel/allocator.py).
 Peak memory: XLA's memory_analysis of the compiled step (arguments + temporaries + outputs
 not aliased to arguments); on a GPU also the device's peak_bytes_in_use so far. Then
 the same passes as plain ViTs (step_setup.plain_step) and the ratio step / plain; then
@@ -60,6 +61,8 @@ flags.DEFINE_enum("torch", "eager", ["eager", "compile", "off"],
                   "the PyTorch step: eager, its modules under torch.compile, or off")
 flags.DEFINE_enum("dtype", None, list(models.DTYPES), "model compute dtype (default: the "
                   "config's model.dtype)")
+flags.DEFINE_bool("attention_memory", False, "also XLA's peak of each row's step "
+                  "(compiled only) per CPU attention implementation and without scores")
 flags.DEFINE_string("out", "benchmarks/results/train_step.json", "JSON output")
 FLAGS = flags.FLAGS
 
@@ -95,10 +98,14 @@ def time_jax_step(config: ml_collections.ConfigDict, batch: int) -> dict:
   compiled, state, data = setup.compiled.step, setup.state, setup.batch
   xla_flops = step_setup.xla_flops(compiled)
 
+  faults = []  # minor page faults of each call (see jepa_jax/parallel/allocator.py)
+
   def run():
     nonlocal state
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
   step_s = step_setup.median_seconds(run, FLAGS.steps, WARMUP)
   params = state["params"]
@@ -113,7 +120,8 @@ def time_jax_step(config: ml_collections.ConfigDict, batch: int) -> dict:
          "pass_flops": {p.name: f for p, f in zip(passes, flops)},
          "dominant_gemm": {"pass": top.name, "m_k_n": gemm},
          "peak_bytes": memory.needed_bytes(compiled),
-         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+         "page_faults_per_step": int(np.median(faults[WARMUP:]))}
   if jax.default_backend() == "gpu":
     row["device_peak_bytes_so_far"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"]
   return row
@@ -168,6 +176,8 @@ def measure(config: ml_collections.ConfigDict, batch: int) -> dict:
   row["torch"] = time_torch_step(config, batch)
   if isinstance(row["torch"], dict):
     row["jax_speedup_over_torch"] = row["torch"]["step_s"] / row["step_s"]
+  if FLAGS.attention_memory:
+    row["attention_memory"] = step_setup.peak_by_attention(config)
   print(f"  measured batch {batch}, {row['tokens_per_clip']} tokens: {row['step_s']:.3f} s",
         flush=True)
   return row
@@ -178,6 +188,7 @@ COLUMNS = (  # (header, format of a row)
     ("tokens", lambda r: f"{r['tokens_per_clip']} ({r['mels']}x{r['frames']})"),
     ("compile s", lambda r: f"{r['compile_s']:.1f}"),
     ("step s", lambda r: f"{r['step_s']:.3f}"),
+    ("faults/step", lambda r: f"{r['page_faults_per_step']:,}"),
     ("samples/s", lambda r: f"{r['samples_per_s']:.1f}"),
     ("GFLOP analytic", lambda r: f"{r['analytic_flops'] / 1e9:.1f}"),
     ("GFLOP XLA", lambda r: f"{r['xla_flops'] / 1e9:.1f}"),
@@ -204,6 +215,22 @@ def print_table(title: str, rows: list[dict]) -> None:
     print(" | ".join(f(r) for _, f in COLUMNS))
 
 
+def print_attention_memory(rows: list[dict]) -> None:
+  rows = [r for r in rows if "attention_memory" in r]
+  if not rows:
+    return
+  print("\nXLA's peak MiB of the step by model.attention_impl (compiled only)")
+  kinds = (*step_setup.CPU_ATTENTION, "scoreless")
+  print(" | ".join(("batch", "tokens", *kinds[:-1], "no scores", "scores' share",
+                    "auto removes")))
+  for r in rows:
+    m = r["attention_memory"]
+    print(" | ".join((str(r["batch"]), str(r["tokens_per_clip"]),
+                      *(f"{m['peak_bytes'][k] / 2**20:.0f}" for k in kinds),
+                      f"{m['score_share_bytes'] / 2**20:.0f}",
+                      f"{m['auto_removes_of_score_share']:.0%}")))
+
+
 def main(_):
   config = FLAGS.config
   step_setup.check_objective(config)
@@ -223,6 +250,7 @@ def main(_):
   print_table(f"batch scaling at {own_tokens} tokens per clip", batch_rows)
   if token_rows:
     print_table(f"token scaling at batch {batches[0]}", token_rows)
+  print_attention_memory(batch_rows + [r for r in token_rows if r not in batch_rows])
   out = Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({
@@ -234,5 +262,5 @@ def main(_):
 
 
 if __name__ == "__main__":
-  allocator.use_caching_allocator()  # as the commands: tcmalloc where JEPA_JAX_MALLOC=tcmalloc
+  allocator.use_caching_allocator()  # as the commands (JEPA_JAX_MALLOC, glibc by default)
   app.run(main)

@@ -4,6 +4,7 @@ PyTorch step."""
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -149,3 +150,26 @@ def test_step_profile_parts_of_a_real_step():
 def test_step_profile_part_of(op_name, matmul, part):
   from benchmarks import step_profile
   assert step_profile.part_of(op_name, matmul) == part
+
+
+def test_scoreless_attention_keeps_what_attention_keeps():
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 3, 4)) for i in range(3))
+  out = step_setup.scoreless_attention(q, k, v, None, None, "auto")
+  np.testing.assert_allclose(out, q * (k * v).mean(1, keepdims=True), rtol=1e-6)
+  grads = jax.grad(lambda *a: step_setup.scoreless_attention(*a, None, None, None).sum(),
+                   argnums=(0, 1, 2))(q, k, v)
+  assert all(float(jnp.abs(g).min()) > 0 for g in grads)  # q, k and v all reach the output
+
+
+def test_peak_by_attention_of_a_step_whose_scores_count():
+  """160 tokens of width 32 in 2 heads: the score matrices outweigh the activations, so
+  dense (what auto is at 160 keys on CPU), which holds fewer of them than jax's xla path,
+  peaks lower, and the stand-in holding none lower still."""
+  c = tiny_config()
+  c.data.frames = 512
+  m = step_setup.peak_by_attention(c, ("xla", "auto"))
+  p = m["peak_bytes"]
+  assert p["scoreless"] < p["auto"] < p["xla"]
+  assert m["score_share_bytes"] == p["xla"] - p["scoreless"]
+  assert m["auto_removes_of_score_share"] == pytest.approx(
+      (p["xla"] - p["auto"]) / (p["xla"] - p["scoreless"]))
