@@ -71,8 +71,9 @@ def restart_environment(environ: Mapping[str, str], system: str, libc: str,
 
 def use_caching_allocator() -> None:
   """Execute this command again with the environment restart_environment gives, where it
-  gives one. Call it first thing in a command's `__main__` block, before any device is
-  used: the tunables take effect only from a process's start."""
+  gives one. Call it first thing, before jax loads (the commands do so at the top of their
+  modules): glibc reads its tunables only at a process's start, and a restart after the
+  imports would pay for them twice."""
   try:
     changes = restart_environment(os.environ, sys.platform, platform.libc_ver()[0],
                                   ctypes.util.find_library)
