@@ -93,4 +93,4 @@ def release_free_memory() -> None:
   module docstring); called at every step it would bring the faults back. Nothing
   elsewhere than glibc."""
   if platform.libc_ver()[0] == "glibc":
-    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: no ldconfig run
