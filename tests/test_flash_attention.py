@@ -148,7 +148,7 @@ def test_blockwise_backward_never_holds_the_score_matrix():
   few (heads, S, 128) slabs of 1 MiB, the float32 dq accumulator, dk and dv)."""
   scores = 2 * 1024 * 1024 * 4
   dense = temp_bytes(lambda q, k, v: attention.dense_attention(q, k, v, None), 1024)
-  blockwise = temp_bytes(lambda q, k, v: blockwise_attention(q, k, v), 1024)
+  blockwise = temp_bytes(lambda q, k, v: blockwise_attention(q, k, v, block=128), 1024)
   assert dense >= scores
   assert blockwise < scores, (blockwise, dense)
   assert blockwise < dense / 4, (blockwise, dense)
@@ -165,6 +165,7 @@ def test_auto_picks_per_backend_and_length(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
   assert attention.choose("auto", 65, f32, 64, windowed=False) == "splash"
   assert attention.choose("auto", 16, f32, 64, windowed=True) == "dense"
+  assert attention.choose("auto", 512, f32, 64, windowed=True) == "blockwise"
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   for capability, dtype, head_dim, expected in [
       ("8.0", bf16, 64, "cudnn"), ("9.0", jnp.float16, 128, "cudnn"),
@@ -197,8 +198,8 @@ def test_attention_impl_default_names_and_errors():
 @pytest.mark.slow
 def test_encoder_with_blockwise_attention_is_the_dense_encoder():
   """A tiny ViT encoder over 5 x 26 = 130 tokens with padding and regularised key masks:
-  outputs and parameter gradients agree (blockwise runs two 128-key blocks, one of them
-  mostly padding)."""
+  outputs and parameter gradients agree (one block of all 130 keys; several blocks, the
+  last padded, are test_blockwise_equals_dense_values_and_gradients's)."""
   config = tiny_config()
   config.data.frames = 26 * 16
   grid = shapes.grid(config)

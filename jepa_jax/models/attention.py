@@ -84,16 +84,17 @@ def swin_regions(size: int, window: int, shift: int) -> np.ndarray:
 
 # model.attention_impl; '' is what configs saved before 'auto' existed hold: the same.
 IMPLEMENTATIONS = ("auto", "", "dense", "xla", "cudnn", "blockwise", "splash")
-# `auto` on CPU: blockwise from this many keys, dense below. Measured by
-# benchmarks/attention.py (B=8, 12 heads of 64, f32, forward + backward, medians of 7
-# interleaved repetitions, benchmarks/results/attention.json) on the shared 2-core EPYC
-# while other processes took 60-90 % of its CPUs, so only large gaps count. Dense /
-# blockwise ms, two runs: S=256 190 / 209 and 303 / 292 (a tie); S=512 832 / 698 and
-# 1437 / 1604; S=1024 2487 / 2048 and 3870 / 2875 (blockwise 0.30x the temporary memory).
-# Short single-block lengths also came out faster blockwise (S=65 7.1 / 3.8 ms, S=128
-# 21.9 / 16.1 over 21 repetitions), kept dense until a quiet machine confirms it.
-# On a GPU without cuDNN (no GPU measured yet) the same rule, for memory: a 1024-token
-# layer's (B, 12, S, S) float32 scores are 384 MiB at B=8.
+# `auto` off TPU and cuDNN: blockwise from this many keys, dense below. Attention alone,
+# blockwise's custom VJP is faster than the dense formulation's autodiff up to 256 keys and
+# within 5-9 % beyond, holding half the memory at 1024 (benchmarks/attention.py, B=8, 12
+# heads of 64, f32, forward + backward, medians of 7 interleaved repetitions, idle 2-core
+# EPYC, 2026-12-08, dense / blockwise ms: S=65 12.7 / 8.1, S=256 81.5 / 66.0, S=512 223 /
+# 235, S=1024 847 / 922). In the whole ViT-B Audio-JEPA step at 65 tokens the two tied
+# (1.663 / 1.670 s at batch 8, 5.83 / 5.81 at 32, interleaved), and below one block of
+# keys blockwise peaks higher (its residuals and keys-major copies outweigh small score
+# matrices: +75 MiB at batch 32 x 65 tokens), so dense stays below 512. A GPU without cuDNN
+# (none measured yet) takes the same rule, for memory: a 1024-token layer's (B, 12, S, S)
+# float32 scores are 384 MiB at B=8.
 BLOCKWISE_FROM = 512
 
 

@@ -15,7 +15,10 @@ import jax
 import jax.numpy as jnp
 
 MASKED = -1e30  # attention.dense_attention's fill: a fully masked row weighs all keys alike
-BLOCK = 128  # keys per block; see benchmarks/attention.py for the measured choice
+# Keys per block. Forward + backward at B=8, 12 heads of 64, f32, timed interleaved in one
+# run on the 2-core CPU (2026-12-07): 256 took 220 ms at S=512 and 800 at 1024, 128
+# took 283 and 859; at S=512 the ViT-B Audio-JEPA step peaked at 6118 MiB against 5834.
+BLOCK = 256
 
 
 def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
@@ -113,6 +116,16 @@ def _forward(q, k, v, key_mask, segments, block):
   return out, (q, k, v, key_mask, segments, out, row_max, row_sum)
 
 
+def _keys_major(x: jnp.ndarray) -> jnp.ndarray:
+  """(..., S, block) -> (..., block, S) for the products that sum over queries. On CPU
+  the swap is a copy: XLA:CPU runs a batched product that sums over its left operand's
+  rows at half speed (50 ms, against 22 + 7 for the copy, at (96, 512, 512) x
+  (96, 512, 64)); the barrier keeps XLA from folding the swap back into the product.
+  Elsewhere the product reads the swapped operand as it is."""
+  x = jnp.swapaxes(x, -1, -2)
+  return jax.lax.optimization_barrier(x) if jax.default_backend() == "cpu" else x
+
+
 def _backward(block, residuals, d_out):
   q, k, v, key_mask, segments, out, row_max, row_sum = residuals
   scaled, blocks = _inputs(q, k, v, key_mask, segments, block)
@@ -124,14 +137,15 @@ def _backward(block, residuals, d_out):
     k_blk, v_blk, mask_blk, seg_blk, real_blk = blk
     scores, allowed = _block_scores(scaled, segments, k_blk, mask_blk, seg_blk, real_blk)
     weights = jnp.exp(scores - row_max[..., None]) / row_sum[..., None]
-    d_v = jnp.einsum("bhqk,bhqd->bhkd", weights, d_out_h)
+    d_v = jnp.einsum("bhkq,bhqd->bhkd", _keys_major(weights), d_out_h)
     d_weights = jnp.einsum("bhqd,bhkd->bhqk", d_out_h, v_blk, preferred_element_type=jnp.float32)
     # Masked scores are constants in the dense path: no gradient flows through them.
     d_scores = weights * (d_weights - row_dot[..., None])
     if allowed is not None:
       d_scores = jnp.where(allowed, d_scores, 0.0)
     d_q = d_q + jnp.einsum("bhqk,bhkd->bhqd", d_scores, k_blk, preferred_element_type=jnp.float32)
-    d_k = jnp.einsum("bhqk,bhqd->bhkd", d_scores, scaled, preferred_element_type=jnp.float32)
+    d_k = jnp.einsum("bhkq,bhqd->bhkd", _keys_major(d_scores), scaled,
+                     preferred_element_type=jnp.float32)
     return d_q, (d_k, d_v)
 
   d_q, (d_k, d_v) = jax.lax.scan(step, jnp.zeros(scaled.shape, jnp.float32), blocks)
