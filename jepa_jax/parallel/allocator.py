@@ -16,7 +16,7 @@ do about it; they execute themselves again once, first thing, with the environme
   temporary block too many resident: the second step's block does not fit where the first
   step's was. `release_free_memory` after the first step (the training loop calls it) hands
   that back. The A-JEPA paper step at batch 8 in 2 micro-batches, as the loop runs it: no
-  faults from the third step on, 26.3-26.4 s a step against 30.4-33.6 s, 8.56 GiB peak
+  faults from the third step on, 26.3-26.4 s a step against 31.1-33.6 s, 8.56 GiB peak
   resident against 8.47 GiB under glibc's defaults (without the release: 14.7 GiB against
   8.9, on another machine).
 - `tcmalloc`: tcmalloc preloaded, where installed (Debian / Ubuntu: `libtcmalloc-minimal4`;
