@@ -13,7 +13,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jepa_jax import checksums, export, main
-from jepa_jax.training import checkpoint, loop
+from jepa_jax.config import fields
+from jepa_jax.training import checkpoint, loop, warm_start
 from tests.tiny import TINY_FLAGS, exported_params, tiny_config
 
 
@@ -100,14 +101,7 @@ def test_bytes_flipped_in_the_newest_checkpoint(saved_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_an_array_that_reads_but_differs_from_its_checksum(saved_run, tmp_path, capsys):
-  # What a flipped byte in an uncompressed chunk reads as: other values, no read error.
-  def wrong_checksum(step_dir):
-    path = step_dir / checkpoint.CHECKSUMS / "metadata"
-    recorded = json.loads(path.read_text())
-    name = sorted(recorded)[0]
-    recorded[name] = f"{int(recorded[name], 16) ^ 1:016x}"
-    path.write_text(json.dumps(recorded))
-  _restart_with(wrong_checksum, saved_run, tmp_path, capsys)
+  _restart_with(_wrong_checksum, saved_run, tmp_path, capsys)
 
 
 @pytest.mark.slow
@@ -127,6 +121,50 @@ def test_no_intact_checkpoint_stops_with_one_line_and_moves_nothing(saved_run, t
   assert not [line for line in err if "Traceback" in line]
   print(err[-1])
   assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+def _wrong_checksum(step_dir):
+  """What a flipped byte in an uncompressed chunk reads as: other values, no read error."""
+  path = step_dir / checkpoint.CHECKSUMS / "metadata"
+  recorded = json.loads(path.read_text())
+  name = sorted(n for n in recorded if n.startswith("params/"))[0]
+  recorded[name] = f"{int(recorded[name], 16) ^ 1:016x}"
+  path.write_text(json.dumps(recorded))
+
+
+@pytest.mark.slow
+def test_a_warm_start_reads_the_newest_checkpoint_whose_params_verify(saved_run, tmp_path):
+  # uaMix's warm start takes the source run's heads from its latest checkpoint: a corrupt
+  # one is named and the one before used, as a resume does, but nothing of the source run
+  # is moved.
+  workdir = _copy(saved_run[0], tmp_path)
+  steps = workdir / "checkpoints"
+  newest = checkpoint.latest_entry(steps)
+  alone = tmp_path / "step3"
+  shutil.copytree(steps / "3", alone / "3")
+  previous = checkpoint.latest_entry(alone)
+  assert not np.array_equal(jax.tree.leaves(newest)[0], jax.tree.leaves(previous)[0])
+  before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+  for corrupt in (_wrong_checksum, _flip_bytes):
+    shutil.rmtree(steps / "6")
+    shutil.copytree(saved_run[0] / "checkpoints" / "6", steps / "6")
+    corrupt(steps / "6")
+    warnings = []
+    got = checkpoint.latest_entry(steps, warn=warnings.append)
+    jax.tree.map(np.testing.assert_array_equal, got, previous)
+    assert len(warnings) == 1 and str(steps / "6") in warnings[0], warnings
+    assert "using step 3's" in warnings[0]
+  _flip_bytes(steps / "3")
+  with pytest.raises(checkpoint.NoIntactCheckpointError, match="step 6: .*; step 3: "):
+    checkpoint.latest_entry(steps)
+  assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+  # Through the warm start, one line that says what to do.
+  shutil.copytree(saved_run[0] / "export", workdir / "export")
+  config = tiny_config()
+  config.init_from = str(workdir)
+  with pytest.raises(fields.ConfigError, match=f"init_from={workdir / 'export'} to start "
+                     "from the export alone"):
+    warm_start.load(config)
 
 
 def _tiny_flags():

@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -242,22 +243,59 @@ def _everywhere(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def latest_entry(directory: Path, entry: str = "params") -> dict | None:
-  """One entry of the train state ('params', 'aux', ...) of the latest checkpoint in
-  `directory` as numpy arrays, read without knowing the rest of the state's structure;
-  None when there is no checkpoint."""
+def _to_stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def latest_entry(directory: Path, entry: str = "params",
+                 warn: Callable[[str], None] = _to_stderr) -> dict | None:
+  """One entry of the train state ('params', 'aux', ...) of the newest checkpoint in
+  `directory` whose entry reads and matches its checksums, as numpy arrays, read without
+  knowing the rest of the state's structure; None when there is no checkpoint. Newer
+  ones that fail are named in one `warn` line each and left where they are (they belong
+  to another run); where every one fails, NoIntactCheckpointError names them all."""
   directory = Path(directory).absolute()
   steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] \
       if directory.is_dir() else []
-  if not steps:
-    return None
-  path = directory / str(max(steps)) / "state"
+  failed = []
+  for step in sorted(steps, reverse=True):
+    try:
+      with export.unlogged_io_errors():
+        tree = _verified_entry(directory / str(step), entry)
+    except Exception as err:  # noqa: BLE001 - any failure to read makes it unusable
+      failed.append((step, export.error_line(err)))
+      continue
+    for bad, why in failed:
+      warn(f"warning: {entry} of the checkpoint {directory / str(bad)} is unreadable or "
+           f"corrupt ({why}); using step {step}'s")
+    return tree
+  if failed:
+    raise NoIntactCheckpointError(
+        f"no checkpoint in {directory} has an intact {entry!r}: "
+        + "; ".join(f"step {s}: {why}" for s, why in failed))
+  return None
+
+
+def _verified_entry(step_dir: Path, entry: str) -> dict:
+  """Checkpoint `step_dir`'s `entry`, checked against the checksums recorded for it
+  (unchecked where the checkpoint predates checksums)."""
   handler = ocp.PyTreeCheckpointHandler()  # the item alone: no step metadata to look for
   try:
-    wanted = {entry: handler.metadata(path).tree[entry]}
-    restored = handler.restore(path, args=ocp.args.PyTreeRestore(
+    wanted = {entry: handler.metadata(step_dir / "state").tree[entry]}
+    tree = handler.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
         item=wanted, partial_restore=True,
-        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)))
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                  wanted)))[entry]
   finally:
     handler.close()
-  return restored[entry]
+  recorded_path = step_dir / CHECKSUMS / "metadata"
+  if recorded_path.exists():
+    prefix = f"{entry}/"
+    recorded = {name.removeprefix(prefix): value
+                for name, value in json.loads(recorded_path.read_text()).items()
+                if name.startswith(prefix)}
+    wrong = checksums.mismatches(tree, recorded)
+    if wrong:
+      raise ValueError(f"{len(wrong)} array(s) differ from their checksums, e.g. "
+                       f"{', '.join(wrong[:3])}")
+  return tree

@@ -6,8 +6,9 @@ An MAE decoder comes from the export's optional decoder/ (an imported AudioMAE c
 `convert import`) when this objective has a decoder the source config's decoder section
 describes alike; one line says when it differs and the decoder starts fresh. Other
 parameter entries this objective shares by name with the source run (uaMix stage 1's
-projection head, an MAE run's decoder) come from the latest checkpoint of its workdir,
-when it has one; the rest is ignored. The config must build the same encoder on the same
+projection head, an MAE run's decoder) come from the newest checkpoint of its workdir
+whose parameters read and match their checksums, when it has one (a newer corrupt one is
+named in a warning); the rest is ignored. The config must build the same encoder on the same
 input. The optimizer state is then built afresh on the loaded parameters. A resumed run
 never reloads: its checkpoint already holds everything.
 """
@@ -93,7 +94,13 @@ def load(config: ml_collections.ConfigDict) -> dict:
     decoder = imported_decoder(config, source_config, export_dir)
     if decoder is not None:
       loaded["decoder"] = decoder
-  params = checkpoint.latest_entry(workdir / "checkpoints") if workdir is not None else None
+  try:
+    params = (checkpoint.latest_entry(workdir / "checkpoints", warn=_say)
+              if workdir is not None else None)
+  except checkpoint.NoIntactCheckpointError as err:
+    raise ConfigError(f"init_from={config.init_from!r}: {err}. Restore that folder from a "
+                      f"copy, or set init_from={export_dir} to start from the export "
+                      f"alone") from err
   for name, tree in (params or {}).items():
     if name != "encoder":
       loaded[name] = tree
