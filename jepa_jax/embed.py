@@ -22,6 +22,9 @@ def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
                       flag_values=values)
   flags.DEFINE_enum("freq_pool", "concat", features.FREQ_POOLS, "concatenate (EVAR) or "
                     "average the frequency tokens of a time step", flag_values=values)
+  flags.DEFINE_enum("time_pool", "mean", features.TIME_POOLS, "pool a clip's time steps by "
+                    "their mean (EVAR), or their mean and standard deviation (as the "
+                    "real-audio benchmark's log-mel baseline)", flag_values=values)
   flags.DEFINE_list("layers", [], "embed with the mean of these blocks' outputs (numbers "
                     "from 1, or 'all'), each through the encoder's final LayerNorm (default: "
                     "the encoder's output, its last block)", flag_values=values)
@@ -44,13 +47,13 @@ def main(argv: list[str] | None = None) -> None:
                                         task_data.sources([args.task], args.audio_root),
                                         sets, frontend_meta,
                                         freq_pool=args.freq_pool, layers=tuple(args.layers),
-                                        unit_sec=args.unit_sec,
+                                        time_pool=args.time_pool, unit_sec=args.unit_sec,
                                         chunk_batch=config.probe.chunk_batch)
   except (FileNotFoundError, ValueError, memory.OutOfMemoryError,
           export.CorruptExportError) as err:
     cli.fail(str(err))
   path = embeddings.cache_path(args.workdir, task, sets[0], frontend_meta, args.freq_pool,
-                               tuple(args.layers))
+                               tuple(args.layers), args.time_pool)
   print(json.dumps({"task": task.name, "clips": len(task), "dim": int(x[sets[0].name].shape[1]),
                     "features": str(path)}))
 

@@ -57,6 +57,9 @@ def define_flags(values: flags.FlagValues, command_line: list[str]) -> None:
                       flag_values=values)
   flags.DEFINE_enum("freq_pool", "concat", features.FREQ_POOLS, "concatenate (EVAR) or "
                     "average the frequency tokens of a time step", flag_values=values)
+  flags.DEFINE_enum("time_pool", "mean", features.TIME_POOLS, "pool a clip's time steps by "
+                    "their mean (EVAR), or their mean and standard deviation (as the "
+                    "real-audio benchmark's log-mel baseline)", flag_values=values)
   flags.DEFINE_list("layers", [], "embed with the mean of these blocks' outputs (numbers "
                     "from 1, or 'all'), each through the encoder's final LayerNorm (default: "
                     "the encoder's output, its last block)", flag_values=values)
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                or suite.default_tasks(args.workdir))
     results = suite.evaluate(args.workdir, sources, protocols, ("trained", *baselines),
                              args.freq_pool, args.unit_sec, chart=args.protocol == "all",
-                             layers=tuple(args.layers),
+                             layers=tuple(args.layers), time_pool=args.time_pool,
                              finetune_settings=args.finetune,
                              fewshot_classes_spec=args.fewshot_classes,
                              draw_plots=args.plots)

@@ -14,7 +14,7 @@ from data_pipelines import frontends
 from data_pipelines import tasks as tasks_lib
 from jepa_jax import embed, evaluate, export, models
 from jepa_jax.config import shapes
-from jepa_jax.evaluation import embeddings, fewshot, knn, scores, suite, task_data
+from jepa_jax.evaluation import embeddings, features, fewshot, knn, scores, suite, task_data
 
 RATE = 16000
 
@@ -244,7 +244,7 @@ def random_run(tmp_path_factory):
 
 def test_embeddings_are_cached_and_recomputed_when_the_task_changes(random_run, tmp_path,
                                                                     monkeypatch):
-  folder = make_tone_task(tmp_path / "t", per_class=4)
+  folder = make_tone_task(tmp_path / "t", per_class=5)  # 5: a test split
   _, meta, sets = embeddings.load_feature_sets(random_run, ("trained", embeddings.MEAN_LOGMEL))
   (task, x), = embeddings.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
   assert x["trained"].shape == (20, 5 * 32) and x[embeddings.MEAN_LOGMEL].shape == (20, 80)
@@ -263,6 +263,34 @@ def test_embeddings_are_cached_and_recomputed_when_the_task_changes(random_run, 
   (folder / "task.json").write_text(json.dumps({"unit_sec": 0.5}))
   task2, cut = embeddings.embed_tasks(random_run, [folder], sets[:1], meta, chunk_batch=8)[0]
   assert task2.fingerprint != task.fingerprint and not np.allclose(cut["trained"], x["trained"])
+
+
+def test_mean_std_time_pooling_appends_each_clips_std_over_its_time_steps(random_run,
+                                                                          tmp_path, capsys):
+  folder = make_tone_task(tmp_path / "t", per_class=5)  # 5: a test split
+  _, meta, sets = embeddings.load_feature_sets(random_run,
+                                                    ("trained", embeddings.MEAN_LOGMEL))
+  (task, x), = embeddings.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8,
+                                      time_pool="mean_std")
+  _, mels, pads = task_data.load_clips(folder, meta)
+  steps = features.frame_embeddings(sets[0].encoder, sets[0].params, mels, meta["frames"],
+                                    pads, 8)
+  assert min(len(f) for f in steps) > 1  # a std over one step would test nothing
+  np.testing.assert_allclose(x["trained"], np.stack(
+      [np.concatenate([f.mean(0), f.std(0)]) for f in steps]), rtol=1e-6)
+  np.testing.assert_allclose(x[embeddings.MEAN_LOGMEL], np.stack(
+      [np.concatenate([m.mean(1), m.std(1)]) for m in mels]), rtol=1e-6)
+  # Cached apart from the mean, whose key is unchanged by the option's existence.
+  mean_path = embeddings.cache_path(random_run, task, sets[0], meta, "concat")
+  assert embeddings.cache_path(random_run, task, sets[0], meta, "concat", (), "mean") \
+      == mean_path != embeddings.cache_path(random_run, task, sets[0], meta, "concat", (),
+                                            "mean_std")
+  with pytest.raises(ValueError, match="unknown time_pool 'max'"):
+    embeddings.embed_tasks(random_run, [folder], sets, meta, time_pool="max")
+  evaluate.main([f"--workdir={random_run}", f"--task={folder}", "--protocol=knn",
+                 "--baselines=mean_logmel", "--time_pool=mean_std"])
+  results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert {fs["time_pool"] for fs in results["t"]["knn"].values()} == {"mean_std"}
 
 
 def test_clips_shared_by_tasks_are_encoded_once(random_run, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Frozen clip embeddings of a labelled task, cached: `python -m jepa_jax.embed`.
 
     python -m jepa_jax.embed --workdir=RUN --task=DIR [--freq_pool=concat|mean]
-        [--layers=N,...|all] [--random_init] [--unit_sec=S]
+        [--layers=N,...|all] [--time_pool=mean|mean_std] [--random_init] [--unit_sec=S]
 
 Loads the workdir's encoder export (or, with --random_init, the same encoder as its
 training started: the baseline every number should beat), turns each clip of the task
@@ -105,21 +105,24 @@ def blocks_of(feature_set: FeatureSet, layers) -> tuple[int, ...]:
 
 
 def cache_path(workdir: str | Path, task: task_data.LabelledTask, feature_set: FeatureSet,
-               frontend_meta: dict, freq_pool: str, layers=()) -> Path:
+               frontend_meta: dict, freq_pool: str, layers=(), time_pool: str = "mean"
+               ) -> Path:
   blocks = blocks_of(feature_set, layers)
+  # Options at their defaults add nothing, so that earlier caches stay valid.
   key = task_data.fingerprint(CACHE_VERSION, feature_set.fingerprint, task.fingerprint,
-                              frontend_meta, freq_pool, *([blocks] if blocks else []))
+                              frontend_meta, freq_pool, *([blocks] if blocks else []),
+                              *([time_pool] if time_pool != "mean" else []))
   return Path(workdir).absolute() / CACHE_DIR / f"{task.name}-{feature_set.name}-{key}.npz"
 
 
 def _compute(feature_set: FeatureSet, mels, pads, frontend_meta: dict, freq_pool: str,
-             layers, chunk_batch: int) -> np.ndarray:
+             layers, chunk_batch: int, time_pool: str) -> np.ndarray:
   """`pads`: each clip's own (task_data.load_clips), for the last chunk."""
   if feature_set.encoder is None:
-    return features.mean_logmel(mels)
+    return features.mean_logmel(mels, time_pool)
   return features.clip_embeddings(feature_set.encoder, feature_set.params, mels,
                                   frontend_meta["frames"], pads, chunk_batch, freq_pool,
-                                  blocks_of(feature_set, layers))
+                                  blocks_of(feature_set, layers), time_pool)
 
 
 def _save(path: Path, x: np.ndarray) -> None:
@@ -131,20 +134,24 @@ def _save(path: Path, x: np.ndarray) -> None:
 
 def embed_tasks(workdir: str | Path, sources: list, feature_sets: list[FeatureSet],
                 frontend_meta: dict, *, freq_pool: str = "concat", layers=(),
-                unit_sec: float | None = None, chunk_batch: int = 64, cache: bool = True):
+                time_pool: str = "mean", unit_sec: float | None = None,
+                chunk_batch: int = 64, cache: bool = True):
   """[(task, {feature set name: (clips, D) embeddings})] per source, from the cache where
   it holds them. Audio is read only for what must be computed, and a clip that several
   tasks share (the same file, by inode) is read and encoded once. `layers`: the blocks
-  whose outputs are averaged (features.blocks_to_average; () the encoder's output)."""
+  whose outputs are averaged (features.blocks_to_average; () the encoder's output);
+  `time_pool`: features.pooled_over_time, for every feature set alike."""
   if freq_pool not in features.FREQ_POOLS:
     raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(features.FREQ_POOLS)}")
+  if time_pool not in features.TIME_POOLS:
+    raise ValueError(f"unknown time_pool {time_pool!r}; known: {', '.join(features.TIME_POOLS)}")
   for fs in feature_sets:  # a bad spec fails before any audio is read
     blocks_of(fs, layers)
   results, pending, memo = [], [], {}
   for source in sources:
     task = task_data.read(source, unit_sec)
-    paths = {fs.name: cache_path(workdir, task, fs, frontend_meta, freq_pool, layers)
-             for fs in feature_sets}
+    paths = {fs.name: cache_path(workdir, task, fs, frontend_meta, freq_pool, layers,
+                                 time_pool) for fs in feature_sets}
     out = {}
     for fs in feature_sets:
       if cache and paths[fs.name].is_file():
@@ -163,7 +170,7 @@ def embed_tasks(workdir: str | Path, sources: list, feature_sets: list[FeatureSe
     if not unique:
       continue
     x = _compute(fs, [m for m, _ in unique.values()], [p for _, p in unique.values()],
-                 frontend_meta, freq_pool, layers, chunk_batch)
+                 frontend_meta, freq_pool, layers, chunk_batch, time_pool)
     row = {key: i for i, key in enumerate(unique)}
     for out, paths, mels, _ in jobs:
       out[fs.name] = x[[row[id(m)] for m in mels]]

@@ -3,7 +3,9 @@ computes them: the clip's log-mel is cut into model-length chunks, each chunk is
 encoded without masking, the frequency tokens of each time step are concatenated
 (5 x 768 = 3840-d for ViT-B on 80 mels) and the result is averaged over every time
 step of the clip that holds audio (padding of the last chunk is left out). The
-frequency tokens can be averaged instead (`freq_pool='mean'`, width-d embeddings).
+frequency tokens can be averaged instead (`freq_pool='mean'`, width-d embeddings), and
+the time steps' standard deviation appended to their mean (`time_pool='mean_std'`, twice
+the width: as the log-mel and MFCC baselines of benchmarks/real_audio pool).
 
 The tokens are the encoder's output: its last block through its final LayerNorm. With
 `layers` (block numbers from 1) they are the average of those blocks' outputs, each
@@ -70,6 +72,16 @@ def padded_batches(rows: np.ndarray, batch_size: int):
 
 
 FREQ_POOLS = ("concat", "mean")  # how the frequency tokens of one time step are combined
+TIME_POOLS = ("mean", "mean_std")  # how a clip's time steps are combined
+
+
+def pooled_over_time(steps: np.ndarray, time_pool: str) -> np.ndarray:
+  """A clip's (T, D) time steps as one vector: their mean (D,), or mean then standard
+  deviation (2D,)."""
+  if time_pool not in TIME_POOLS:
+    raise ValueError(f"unknown time_pool {time_pool!r}; known: {', '.join(TIME_POOLS)}")
+  mean = steps.mean(0)
+  return mean if time_pool == "mean" else np.concatenate([mean, steps.std(0)])
 
 
 def embedding_size(encoder: vit.Encoder, freq_pool: str) -> int:
@@ -169,13 +181,15 @@ def frame_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frame
 
 def clip_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames: int,
                     pad_value, batch_size: int = 64, freq_pool: str = "concat",
-                    layers: tuple[int, ...] = ()) -> np.ndarray:
-  """(num clips, D) embeddings: the mean over time of `frame_embeddings`."""
-  return np.stack([f.mean(0) for f in frame_embeddings(
+                    layers: tuple[int, ...] = (), time_pool: str = "mean") -> np.ndarray:
+  """(num clips, D) embeddings: `frame_embeddings` pooled over time (`pooled_over_time`)."""
+  pooled_over_time(np.zeros((1, 1)), time_pool)  # a bad name fails before any encoding
+  return np.stack([pooled_over_time(f, time_pool) for f in frame_embeddings(
       encoder, params, mels, frames, pad_value, batch_size, freq_pool, layers)]
                   ).astype(np.float32)
 
 
-def mean_logmel(mels: list[np.ndarray]) -> np.ndarray:
-  """Baseline features: the clip's log-mel averaged over time (n_mels-d)."""
-  return np.stack([m.mean(axis=1) for m in mels]).astype(np.float32)
+def mean_logmel(mels: list[np.ndarray], time_pool: str = "mean") -> np.ndarray:
+  """Baseline features: the clip's log-mel pooled over time (n_mels-d; 2 n_mels with
+  its standard deviation)."""
+  return np.stack([pooled_over_time(m.T, time_pool) for m in mels]).astype(np.float32)

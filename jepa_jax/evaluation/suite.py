@@ -2,7 +2,7 @@
 
     python -m jepa_jax.evaluate --workdir=RUN --task=DIR[,DIR...] --protocol=P
         [--baselines=random_init,mean_logmel] [--freq_pool=concat|mean] [--unit_sec=S]
-        [--layers=N,...|all] [--audio_root=DIR] [--plots]
+        [--layers=N,...|all] [--time_pool=mean|mean_std] [--audio_root=DIR] [--plots]
 
 P is one of (docs/evaluation.md):
   linear    EVAR's linear evaluation: standardised features, one linear layer, Adam at
@@ -24,7 +24,8 @@ P is one of (docs/evaluation.md):
             section stored in the export, with --finetune=name=value,... on top);
   all       the frozen protocols (all but finetune), plus a bar chart.
 Each runs on the trained encoder and on the baselines asked for (the encoder at its
-random initialisation by default; `mean_logmel`: the clip's log-mel averaged over time;
+random initialisation by default; `mean_logmel`: the clip's log-mel averaged over time,
+with --time_pool=mean_std its mean and std, as every feature set is then pooled;
 a path with a '/': another run's exported encoder, e.g. the one this run started from).
 Tasks (task_data): task folders (audio + meta.csv), HEAR 2021 scene task folders
 (task_metadata.json), EVAR metadata CSVs (--task=FILE.csv, --audio_root=DIR,
@@ -76,14 +77,15 @@ def _finetune(sources, sets, frontend_meta, config, unit_sec, overrides: dict) -
 def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
              feature_sets: tuple[str, ...] = ("trained", "random_init"),
              freq_pool: str = "concat", unit_sec: float | None = None, chart: bool = False,
-             layers=(),
+             layers=(), time_pool: str = "mean",
              finetune_settings: dict | None = None, fewshot_classes_spec: str = "",
              draw_plots: bool = False) -> dict:
   """Run `protocols` on every task for every feature set; write and return the results
   (task -> protocol -> feature set -> {'scores': ...}). `layers`: the frozen protocols
   read the mean of these blocks' outputs (features.blocks_to_average; () the encoder's
-  output); fine-tuning trains the whole encoder. `finetune_settings` override the
-  export's config.finetune fields; `fewshot_classes_spec` as --fewshot_classes;
+  output) and pool a clip's time steps by `time_pool` (features.pooled_over_time, the
+  mean_logmel baseline too); fine-tuning trains the whole encoder. `finetune_settings`
+  override the export's config.finetune fields; `fewshot_classes_spec` as --fewshot_classes;
   `draw_plots`: each task's embedding map and nearest-neighbour sheet (`plots`), drawn from
   the embeddings the protocols use."""
   unknown = sorted(set(protocols) - set(PROTOCOLS))
@@ -96,12 +98,14 @@ def evaluate(workdir: str | Path, sources: list, protocols: tuple[str, ...],
   if "fewshot" in frozen_protocols:  # bad class names fail here, before any audio is encoded
     chosen = frozen.fewshot_classes(fewshot_classes_spec, config,
                                     [task_data.read(s, unit_sec) for s in sources])
-  # A result read from chosen blocks says which (the others are the encoder's output).
-  read_from = {fs.name: {"layers": list(b)} if (b := embeddings.blocks_of(fs, layers)) else {}
-               for fs in sets}
+  # A result read from chosen blocks or pooled otherwise than by the mean says so.
+  pooled = {"time_pool": time_pool} if time_pool != "mean" else {}
+  read_from = {fs.name: ({"layers": list(b)} if (b := embeddings.blocks_of(fs, layers))
+                         else {}) | pooled for fs in sets}
   if frozen_protocols or draw_plots:
     embedded = embeddings.embed_tasks(workdir, sources, sets, frontend_meta,
-                                      freq_pool=freq_pool, layers=layers, unit_sec=unit_sec,
+                                      freq_pool=freq_pool, layers=layers,
+                                      time_pool=time_pool, unit_sec=unit_sec,
                                       chunk_batch=config.probe.chunk_batch)
     for source, (task, x) in zip(sources, embedded):
       if draw_plots:
