@@ -143,8 +143,7 @@ def embed_tasks(workdir: str | Path, sources: list, feature_sets: list[FeatureSe
   `time_pool`: features.pooled_over_time, for every feature set alike."""
   if freq_pool not in features.FREQ_POOLS:
     raise ValueError(f"unknown freq_pool {freq_pool!r}; known: {', '.join(features.FREQ_POOLS)}")
-  if time_pool not in features.TIME_POOLS:
-    raise ValueError(f"unknown time_pool {time_pool!r}; known: {', '.join(features.TIME_POOLS)}")
+  features.check_time_pool(time_pool)
   for fs in feature_sets:  # a bad spec fails before any audio is read
     blocks_of(fs, layers)
   results, pending, memo = [], [], {}

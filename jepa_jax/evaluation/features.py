@@ -75,11 +75,15 @@ FREQ_POOLS = ("concat", "mean")  # how the frequency tokens of one time step are
 TIME_POOLS = ("mean", "mean_std")  # how a clip's time steps are combined
 
 
+def check_time_pool(time_pool: str) -> None:
+  if time_pool not in TIME_POOLS:
+    raise ValueError(f"unknown time_pool {time_pool!r}; known: {', '.join(TIME_POOLS)}")
+
+
 def pooled_over_time(steps: np.ndarray, time_pool: str) -> np.ndarray:
   """A clip's (T, D) time steps as one vector: their mean (D,), or mean then standard
   deviation (2D,)."""
-  if time_pool not in TIME_POOLS:
-    raise ValueError(f"unknown time_pool {time_pool!r}; known: {', '.join(TIME_POOLS)}")
+  check_time_pool(time_pool)
   mean = steps.mean(0)
   return mean if time_pool == "mean" else np.concatenate([mean, steps.std(0)])
 
@@ -183,7 +187,7 @@ def clip_embeddings(encoder: vit.Encoder, params, mels: list[np.ndarray], frames
                     pad_value, batch_size: int = 64, freq_pool: str = "concat",
                     layers: tuple[int, ...] = (), time_pool: str = "mean") -> np.ndarray:
   """(num clips, D) embeddings: `frame_embeddings` pooled over time (`pooled_over_time`)."""
-  pooled_over_time(np.zeros((1, 1)), time_pool)  # a bad name fails before any encoding
+  check_time_pool(time_pool)  # before any encoding
   return np.stack([pooled_over_time(f, time_pool) for f in frame_embeddings(
       encoder, params, mels, frames, pad_value, batch_size, freq_pool, layers)]
                   ).astype(np.float32)
