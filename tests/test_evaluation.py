@@ -244,7 +244,7 @@ def random_run(tmp_path_factory):
 
 def test_embeddings_are_cached_and_recomputed_when_the_task_changes(random_run, tmp_path,
                                                                     monkeypatch):
-  folder = make_tone_task(tmp_path / "t", per_class=5)  # 5: a test split
+  folder = make_tone_task(tmp_path / "t", per_class=4)
   _, meta, sets = embeddings.load_feature_sets(random_run, ("trained", embeddings.MEAN_LOGMEL))
   (task, x), = embeddings.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8)
   assert x["trained"].shape == (20, 5 * 32) and x[embeddings.MEAN_LOGMEL].shape == (20, 80)
@@ -268,8 +268,7 @@ def test_embeddings_are_cached_and_recomputed_when_the_task_changes(random_run, 
 def test_mean_std_time_pooling_appends_each_clips_std_over_its_time_steps(random_run,
                                                                           tmp_path, capsys):
   folder = make_tone_task(tmp_path / "t", per_class=5)  # 5: a test split
-  _, meta, sets = embeddings.load_feature_sets(random_run,
-                                                    ("trained", embeddings.MEAN_LOGMEL))
+  _, meta, sets = embeddings.load_feature_sets(random_run, ("trained", embeddings.MEAN_LOGMEL))
   (task, x), = embeddings.embed_tasks(random_run, [folder], sets, meta, chunk_batch=8,
                                       time_pool="mean_std")
   _, mels, pads = task_data.load_clips(folder, meta)
