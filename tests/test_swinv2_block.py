@@ -297,8 +297,15 @@ def test_shifted_stack_equals_the_reference_plain_scanned_and_rematerialised():
     np.testing.assert_allclose(module.apply({"params": p}, x), got, **TOL)
     g = jax.grad(loss, argnums=1)(module, p)
     g = vit.unstack_layers(g) if kw.get("scan") else g
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 g, g_plain)
+    jax.tree.map(_close_at_leaf_scale, g, g_plain)
+
+
+def _close_at_leaf_scale(a, b):
+  """Scanned or rematerialised, the backward pass sums in another order: float32's error
+  then scales with a leaf's largest gradients, not with each entry (on an AVX2 CPU one
+  entry of 0.0123 beside entries of 16 differed by 1.1e-5)."""
+  b = np.asarray(b)
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(1e-5, 2e-6 * float(np.abs(b).max())))
 
 
 def test_sharded_stack_computes_what_one_device_computes():
